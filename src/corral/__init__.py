@@ -1,0 +1,55 @@
+"""corral: run the same training code as a batch job or a multi-node gang, anywhere.
+
+The public surface is re-exported lazily, so that ``corral.env()`` inside a rank imports
+nothing heavy.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "env": "corral.environment",
+    "JobEnvironment": "corral.environment",
+    "JobSpec": "corral.spec",
+    "Resources": "corral.spec",
+    "Script": "corral.spec",
+    "Module": "corral.spec",
+    "Command": "corral.spec",
+    "Function": "corral.spec",
+    "JobState": "corral.spec",
+    "JobStatus": "corral.status",
+    "run": "corral.api",
+    "submit": "corral.api",
+    "distributed": "corral.api",
+    "JobHandle": "corral.api",
+    "get_backend": "corral.backends",
+    "load_job_file": "corral.jobfile",
+    "CorralError": "corral.errors",
+    "SpecError": "corral.errors",
+    "JobFailed": "corral.errors",
+    "RankError": "corral.errors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from corral.api import JobHandle, distributed, run, submit
+    from corral.backends import get_backend
+    from corral.environment import JobEnvironment, env
+    from corral.errors import CorralError, JobFailed, RankError, SpecError
+    from corral.jobfile import load_job_file
+    from corral.spec import Command, Function, JobSpec, JobState, Module, Resources, Script
+    from corral.status import JobStatus
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'corral' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,190 @@
+"""The Python API: run or submit a spec, and distributed functions.
+
+>>> @corral.distributed(nodes=2, procs_per_node=2)
+... def train(cfg): ...
+>>> result = train(cfg)   # rank 0's return value
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Generic, ParamSpec, TypeVar
+
+from corral.backends import get_backend
+from corral.backends.base import Backend
+from corral.console import LinePrinter
+from corral.errors import JobFailed, RankError
+from corral.logs import LogSource
+from corral.rundir import RunDir
+from corral.spec import Function, JobSpec, JobState
+from corral.status import JobStatus
+
+P = ParamSpec("P")
+R = TypeVar("R")
+Sink = Callable[[LogSource, str], None]
+
+
+def _backend(backend: str | Backend) -> Backend:
+    return get_backend(backend) if isinstance(backend, str) else backend
+
+
+def run(
+    spec: JobSpec, backend: str | Backend = "local", *, stream: bool | Sink = True,
+    check: bool = False,
+) -> JobStatus:
+    """Run ``spec`` until it ends, streaming rank-prefixed output; return its status.
+
+    ``check=True`` raises :class:`JobFailed` unless the job succeeded.
+    """
+    engine = _backend(backend)
+    sink: Sink | None
+    if stream is True:
+        sink = LinePrinter(spec.procs_per_node)
+    else:
+        sink = stream or None
+    runner = getattr(engine, "run", None)
+    if runner is not None:
+        status: JobStatus = runner(spec, sink=sink)
+    else:
+        handle = submit(spec, engine)
+        status = handle.wait()
+    if check and status.state is not JobState.SUCCEEDED:
+        raise JobFailed(status)
+    return status
+
+
+def submit(spec: JobSpec, backend: str | Backend = "local") -> JobHandle:
+    """Start ``spec`` and return a handle at once."""
+    engine = _backend(backend)
+    ref = engine.submit(spec)
+    return JobHandle(engine, ref.job_id)
+
+
+class JobHandle:
+    """A submitted job: ``.state``, ``.wait()``, ``.logs()``, ``.cancel()``, ``.result()``."""
+
+    def __init__(self, backend: Backend, job_id: str) -> None:
+        self.backend = backend
+        self.job_id = job_id
+
+    def __repr__(self) -> str:
+        return f"JobHandle({self.backend.name!r}, {self.job_id!r})"
+
+    def status(self) -> JobStatus:
+        return self.backend.describe(self.job_id)
+
+    @property
+    def state(self) -> JobState:
+        return self.status().state
+
+    def wait(self, timeout: float | None = None, poll: float = 0.05) -> JobStatus:
+        """Block until the job ends (or ``timeout`` seconds pass); return its status."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            status = self.status()
+            if status.state.is_terminal():
+                return status
+            if deadline is not None and time.monotonic() >= deadline:
+                return status
+            time.sleep(poll)
+
+    def logs(self, rank: int | None = None) -> str:
+        """Everything written so far (one rank's output, or all of it labelled)."""
+        lines = self.backend.logs(self.job_id, rank=rank)
+        if rank is not None:
+            return "".join(line + "\n" for _, line in lines)
+        status = self.status()
+        return "".join(
+            f"[{src.label(status.procs_per_node)}] {line}\n" for src, line in lines
+        )
+
+    def cancel(self) -> JobStatus:
+        return self.backend.cancel(self.job_id)
+
+    def result(self, rank: int | None = 0) -> Any:
+        """The return value of a distributed function (rank 0, one rank, or all with None)."""
+        return collect_results(self.wait(), rank)
+
+
+def collect_results(status: JobStatus, rank: int | None = 0) -> Any:
+    """Return values from a function job's run directory; raise what a rank raised."""
+    import cloudpickle
+
+    if status.run_dir is None:
+        raise JobFailed(status, f"job {status.job_id} has no run directory to read results from")
+    results = RunDir(Path(status.run_dir)).results
+    outcomes: dict[int, dict[str, Any]] = {}
+    for path in sorted(results.glob("rank-*.pkl")):
+        with open(path, "rb") as handle:
+            outcomes[int(path.stem.split("-")[1])] = cloudpickle.load(handle)
+    failed = sorted(r for r, o in outcomes.items() if not o["ok"])
+    if failed:
+        first = status.failure.rank if status.failure and status.failure.rank in failed else None
+        chosen = first if first is not None else failed[0]
+        outcome = outcomes[chosen]
+        error = RankError(status, chosen, chosen // status.procs_per_node, outcome["traceback"])
+        cause = outcome.get("error")
+        if isinstance(cause, BaseException):
+            raise error from cause
+        raise error
+    if status.state is not JobState.SUCCEEDED:
+        raise JobFailed(status)
+    wanted = range(status.nodes * status.procs_per_node) if rank is None else [rank]
+    missing = [r for r in wanted if r not in outcomes]
+    if missing:
+        raise JobFailed(status, f"job {status.job_id}: no result from rank(s) {missing}")
+    if rank is None:
+        return [outcomes[r]["value"] for r in wanted]
+    return outcomes[rank]["value"]
+
+
+class DistributedFunction(Generic[P, R]):
+    """A function that runs on every rank of a job when called."""
+
+    def __init__(self, fn: Callable[P, R], all_ranks: bool, backend: str | Backend,
+                 stream: bool | Sink, spec_fields: dict[str, Any]) -> None:
+        functools.update_wrapper(self, fn)
+        self.fn = fn
+        self.all_ranks = all_ranks
+        self.backend = backend
+        self.stream = stream
+        self.spec_fields = spec_fields
+        self.last_status: JobStatus | None = None
+
+    def spec(self, *args: P.args, **kwargs: P.kwargs) -> JobSpec:
+        fields = {"name": getattr(self.fn, "__name__", "function"), **self.spec_fields}
+        return JobSpec(
+            entrypoint=Function(fn=self.fn, call_args=args, call_kwargs=kwargs), **fields
+        )
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Any:
+        status = run(self.spec(*args, **kwargs), self.backend, stream=self.stream)
+        self.last_status = status
+        return collect_results(status, None if self.all_ranks else 0)
+
+    def submit(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle:
+        return submit(self.spec(*args, **kwargs), self.backend)
+
+
+def distributed(
+    fn: Callable[P, R] | None = None, *, nodes: int = 1, procs_per_node: int = 1,
+    launcher: str = "torchrun", all_ranks: bool = False, backend: str | Backend = "local",
+    stream: bool | Sink = True, **spec_fields: Any,
+) -> Any:
+    """Make ``fn`` run on ``nodes * procs_per_node`` ranks when called.
+
+    Calling it returns rank 0's return value (every rank's, in rank order, with
+    ``all_ranks=True``). An exception on any rank is raised here as
+    :class:`corral.errors.RankError`, naming the rank and carrying its traceback. Other
+    :class:`JobSpec` fields (``env``, ``time_limit``, ``resources``...) pass through.
+    """
+    fields = {"nodes": nodes, "procs_per_node": procs_per_node, "launcher": launcher,
+              **spec_fields}
+
+    def wrap(inner: Callable[P, R]) -> DistributedFunction[P, R]:
+        return DistributedFunction(inner, all_ranks, backend, stream, fields)
+
+    return wrap(fn) if fn is not None else wrap

@@ -1,0 +1,71 @@
+"""The contract every backend keeps.
+
+A backend renders a spec into a plan without side effects, then submits that plan to its
+engine. Everything else (describe, logs, cancel, list) addresses jobs by their id. What a
+backend can do is declared as data (:class:`Capabilities`), not discovered by catching
+``NotImplementedError``.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from corral.logs import LogSource
+from corral.spec import JobSpec
+from corral.status import JobStatus
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    gang: bool  # all ranks start together or not at all
+    logs: bool  # per-rank logs can be read
+    follow: bool  # logs can be followed while the job runs
+    elastic: bool  # ranks can restart (torchrun --max-restarts)
+    queues: bool  # jobs wait in a queue with priorities
+    arrays: bool  # job arrays
+
+
+class Plan(Protocol):
+    job_id: str
+
+    def dry_run_text(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class JobRef:
+    backend: str
+    job_id: str
+
+
+class Backend(abc.ABC):
+    name: str
+    capabilities: Capabilities
+
+    @abc.abstractmethod
+    def render(self, spec: JobSpec) -> Plan:
+        """What would be sent, exactly; no side effects."""
+
+    @abc.abstractmethod
+    def submit(self, spec: JobSpec, plan: Plan | None = None) -> JobRef:
+        """Hand the job to the engine and return at once."""
+
+    @abc.abstractmethod
+    def describe(self, job_id: str) -> JobStatus: ...
+
+    @abc.abstractmethod
+    def logs(
+        self, job_id: str, rank: int | None = None, follow: bool = False
+    ) -> Iterator[tuple[LogSource, str]]: ...
+
+    @abc.abstractmethod
+    def cancel(self, job_id: str) -> JobStatus:
+        """Stop every rank; cancelling a finished job changes nothing."""
+
+    @abc.abstractmethod
+    def list(self) -> list[JobStatus]: ...
+
+    def info(self) -> dict[str, Any]:
+        return {"name": self.name, "capabilities": self.capabilities}

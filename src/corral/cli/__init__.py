@@ -1,0 +1,45 @@
+"""The ``corral`` command. One module per subcommand; errors never show a traceback."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from corral.cli.jobs import cancel_command, logs_command, ps_command, status_command
+from corral.cli.jobs import wait_command
+from corral.cli.run import run_command
+from corral.errors import CorralError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="corral")
+def cli() -> None:
+    """Run training code as a batch job or a multi-node gang, here or on a cluster."""
+
+
+cli.add_command(run_command)
+cli.add_command(ps_command)
+cli.add_command(status_command)
+cli.add_command(logs_command)
+cli.add_command(cancel_command)
+cli.add_command(wait_command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        result = cli.main(args=argv, prog_name="corral", standalone_mode=False)
+    except CorralError as exc:
+        click.echo(f"corral: error: {exc}", err=True)
+        return 2
+    except click.exceptions.Abort:
+        click.echo("corral: aborted", err=True)
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

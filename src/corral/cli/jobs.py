@@ -1,0 +1,120 @@
+"""``corral ps``, ``status``, ``logs``, ``cancel``, ``wait``: jobs by id, on any backend."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import click
+
+from corral.backends import get_backend
+from corral.backends.base import Backend
+from corral.console import LinePrinter
+from corral.rundir import RunDir
+from corral.spec import JobState
+from corral.status import JobStatus
+
+
+def backend_of(job_id: str) -> Backend:
+    """The backend a job was submitted to, from corral's record of it."""
+    record = RunDir.find(job_id).read_json("job.json")
+    return get_backend(record.get("backend", "local"))
+
+
+def _age(status: JobStatus) -> str:
+    if status.created is None:
+        return "-"
+    seconds = int(time.time() - status.created)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+@click.command("ps")
+@click.option("--backend", default="local", show_default=True)
+@click.option("-a", "--all", "show_all", is_flag=True, help="Include finished jobs.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def ps_command(backend: str, show_all: bool, as_json: bool) -> int:
+    """List jobs (running ones; -a for all)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    jobs = [s for s in get_backend(backend).list() if show_all or not s.state.is_terminal()]
+    if as_json:
+        click.echo(json.dumps([s.to_json() for s in jobs], indent=1))
+        return 0
+    table = Table(box=None, header_style="bold")
+    for column in ("JOB ID", "NAME", "BACKEND", "STATE", "NODES", "AGE", "REASON"):
+        table.add_column(column, overflow="fold")
+    for s in jobs:
+        table.add_row(s.job_id, s.name, s.backend, s.state.value,
+                      f"{s.nodes}x{s.procs_per_node}", _age(s), s.reason)
+    Console().print(table)
+    return 0
+
+
+@click.command("status")
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def status_command(job_id: str, as_json: bool) -> int:
+    """Show a job's state, its ranks and its first failure."""
+    status = backend_of(job_id).describe(job_id)
+    if as_json:
+        click.echo(json.dumps(status.to_json(), indent=1))
+        return 0
+    click.echo(status.summary())
+    for rank in status.ranks:
+        code = "" if rank.returncode is None else f" returncode {rank.returncode}"
+        click.echo(f"  rank {rank.rank} node {rank.node}: {rank.state.value}{code}")
+    return 0
+
+
+@click.command("logs")
+@click.argument("job_id")
+@click.option("--rank", type=int, help="Only this rank's output, without prefixes.")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing until the job ends.")
+def logs_command(job_id: str, rank: int | None, follow: bool) -> int:
+    """Print a job's output, every line prefixed with its node and rank."""
+    engine = backend_of(job_id)
+    status = engine.describe(job_id)
+    printer = LinePrinter(status.procs_per_node)
+    for source, line in engine.logs(job_id, rank=rank, follow=follow):
+        if rank is None:
+            printer(source, line)
+        else:
+            click.echo(line)
+    return 0
+
+
+@click.command("cancel")
+@click.argument("job_ids", nargs=-1, required=True)
+def cancel_command(job_ids: tuple[str, ...]) -> int:
+    """Stop every rank of each job (a finished job is left as it is)."""
+    for job_id in job_ids:
+        status = backend_of(job_id).cancel(job_id)
+        click.echo(f"{job_id}: {status.state.value}")
+    return 0
+
+
+@click.command("wait")
+@click.argument("job_ids", nargs=-1, required=True)
+@click.option("--timeout", type=float, help="Give up after this many seconds (exit 124).")
+def wait_command(job_ids: tuple[str, ...], timeout: float | None) -> int:
+    """Wait for jobs to end; exit 0 only if all succeeded."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    worst = 0
+    for job_id in job_ids:
+        engine = backend_of(job_id)
+        while True:
+            status = engine.describe(job_id)
+            if status.state.is_terminal():
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                click.echo(f"{job_id}: still {status.state.value}", err=True)
+                return 124
+            time.sleep(0.1)
+        click.echo(f"{job_id}: {status.state.value}")
+        if status.state is not JobState.SUCCEEDED:
+            worst = worst or status.returncode
+    return worst

@@ -1,0 +1,132 @@
+"""``corral run``: run a script, module or command as a job; stream its ranks' output."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import click
+
+from corral.backends import get_backend
+from corral.console import LinePrinter
+from corral.errors import SpecError
+from corral.jobfile import entrypoint_fields, read_job_file
+from corral.spec import LAUNCHERS, JobSpec, JobState
+
+
+def parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SpecError([("env", pair, "write each variable as KEY=VALUE")])
+        env[key] = value
+    return env
+
+
+def entry_from_command(command: tuple[str, ...], module: str | None) -> dict[str, Any]:
+    """``train.py a b`` -> script; ``-m pkg a`` -> module; anything else -> a command."""
+    if module is not None:
+        args = list(command)
+        return {"module": module, "args": args[1:] if args[:1] == ["--"] else args}
+    if not command:
+        return {}
+    head, rest = command[0], list(command[1:])
+    if rest[:1] == ["--"]:  # `corral run train.py -- --lr 0.1`: the separator is ours
+        rest = rest[1:]
+    if head.endswith(".py"):
+        return {"script": head, "args": rest}
+    return {"command": [head], "args": rest}
+
+
+@click.command("run", context_settings={"ignore_unknown_options": True,
+                                        "allow_interspersed_args": False})
+@click.option("--backend", default="local", show_default=True, help="Where to run.")
+@click.option("-f", "--file", "job_file", type=click.Path(dir_okay=False),
+              help="A YAML/TOML job file; flags given here override its fields.")
+@click.option("--name", help="Job name (default: the script or command name).")
+@click.option("--nodes", type=int, help="Number of nodes (emulated on the local backend).")
+@click.option("--procs-per-node", type=int, help="Ranks per node.")
+@click.option("--launcher", type=click.Choice(LAUNCHERS), help="How ranks are started.")
+@click.option("--env", "env_pairs", multiple=True, metavar="K=V", help="Set a variable.")
+@click.option("--time-limit", help="Wall-clock limit: 90, 90s, 30m, 1h30m, HH:MM:SS.")
+@click.option("--max-restarts", type=int, help="torchrun restarts before failing.")
+@click.option("--cpus", type=float, help="CPUs per node.")
+@click.option("--memory", help="Memory per node, e.g. 8G.")
+@click.option("--gpus", type=int, help="GPUs per node.")
+@click.option("--workdir", type=click.Path(file_okay=False), help="Working directory.")
+@click.option("-m", "--module", help="Run a Python module (like python -m).")
+@click.option("--no-fork", is_flag=True, help="Start every rank with a fresh interpreter.")
+@click.option("--dry-run", is_flag=True, help="Print what would start on each node; start nothing.")
+@click.option("--detach", is_flag=True, help="Submit, print the job id, return at once.")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def run_command(
+    backend: str, job_file: str | None, name: str | None, nodes: int | None,
+    procs_per_node: int | None, launcher: str | None, env_pairs: tuple[str, ...],
+    time_limit: str | None, max_restarts: int | None, cpus: float | None,
+    memory: str | None, gpus: int | None, workdir: str | None, module: str | None,
+    no_fork: bool, dry_run: bool, detach: bool, command: tuple[str, ...],
+) -> int:
+    """Run SCRIPT_OR_CMD [-- ARGS...] as a job.
+
+    \b
+      corral run train.py -- --lr 0.1
+      corral run --nodes 2 --procs-per-node 2 --launcher torchrun train.py
+      corral run -m mypkg.train -- --epochs 3
+      corral run --nodes 2 hostname
+    """
+    fields: dict[str, Any] = read_job_file(job_file) if job_file else {}
+    if command and command[0] == "--":
+        command = command[1:]
+    entry = entry_from_command(command, module)
+    if entry:
+        for key in ("script", "module", "command", "entrypoint"):
+            fields.pop(key, None)
+        fields.update(entrypoint_fields(entry))
+    if "entrypoint" not in fields:
+        raise click.UsageError("give a script, -m MODULE, a command, or -f JOB_FILE")
+    flags = {
+        "name": name, "nodes": nodes, "procs_per_node": procs_per_node, "launcher": launcher,
+        "time_limit": time_limit, "max_restarts": max_restarts, "workdir": workdir,
+    }
+    fields.update({k: v for k, v in flags.items() if v is not None})
+    if env_pairs:
+        fields["env"] = {**fields.get("env", {}), **parse_env(env_pairs)}
+    resources = {"cpus": cpus, "memory": memory, "gpus": gpus}
+    if any(v is not None for v in resources.values()):
+        given = {k: v for k, v in resources.items() if v is not None}
+        fields["resources"] = {**fields.get("resources", {}), **given}
+    if "name" not in fields:
+        fields["name"] = _default_name(fields["entrypoint"])
+    spec = JobSpec(**fields)
+    options: dict[str, Any] = {}
+    if no_fork:
+        from corral.backends.local.render import LocalOptions
+
+        options["options"] = LocalOptions(fork=False)
+    engine = get_backend(backend, **options)
+    plan = engine.render(spec)
+    if dry_run:
+        click.echo(plan.dry_run_text(), nl=False)
+        return 0
+    if detach:
+        ref = engine.submit(spec, plan)
+        click.echo(ref.job_id)
+        return 0
+    runner = getattr(engine, "run")
+    click.echo(f"corral: job {plan.job_id} on {backend}: {spec.nodes} node(s) x "
+               f"{spec.procs_per_node} rank(s)", err=True)
+    status = runner(spec, sink=LinePrinter(spec.procs_per_node), plan=plan)
+    color = sys.stderr.isatty()
+    style = {"fg": "green" if status.state is JobState.SUCCEEDED else "red"} if color else {}
+    click.echo(click.style(status.summary(), **style), err=True)
+    return status.returncode
+
+
+def _default_name(entrypoint: dict[str, Any] | Any) -> str:
+    if isinstance(entrypoint, dict):
+        value = entrypoint.get("path") or entrypoint.get("module") or (
+            entrypoint.get("argv") or ["job"])[0]
+        return os.path.splitext(os.path.basename(str(value)))[0] or "job"
+    return "job"

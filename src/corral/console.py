@@ -1,0 +1,31 @@
+"""Print log lines with a per-rank prefix, colored when the output is a terminal."""
+
+from __future__ import annotations
+
+import sys
+from typing import TextIO
+
+from corral.logs import LogSource
+
+_COLORS = (36, 33, 32, 35, 34, 31, 96, 93, 92, 95, 94, 91)
+
+
+class LinePrinter:
+    """A log sink: ``[n1 r3] text``."""
+
+    def __init__(
+        self, procs_per_node: int, stream: TextIO | None = None, color: bool | None = None
+    ) -> None:
+        self.procs_per_node = procs_per_node
+        self.stream = stream
+        out = stream or sys.stdout
+        self.color = out.isatty() if color is None else color
+
+    def __call__(self, source: LogSource, line: str) -> None:
+        stream = self.stream or sys.stdout  # looked up per call: notebooks swap sys.stdout
+        label = f"[{source.label(self.procs_per_node)}]"
+        if self.color:
+            code = _COLORS[source.number % len(_COLORS)] if source.kind == "rank" else 90
+            label = f"\033[{code}m{label}\033[0m"
+        stream.write(f"{label} {line}\n")
+        stream.flush()

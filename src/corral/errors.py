@@ -1,0 +1,82 @@
+"""corral's exception tree. Every message says what went wrong, why, and how to fix it.
+
+CorralError
+ ├── SpecError            a job spec field has a bad value (field, value, what is accepted)
+ ├── JobFileError         a YAML/TOML job file cannot be read or parsed
+ ├── MissingDependency    an optional part is not installed (with the pip command)
+ ├── BackendError         a backend could not do what was asked
+ │    ├── SubmitError     nothing was started
+ │    └── JobNotFound     no record of that job id
+ └── JobFailed            the job ran and did not succeed (state, first failing rank)
+      └── RankError       a distributed function raised on a rank (rank, node, traceback)
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from corral.status import JobStatus
+
+
+class CorralError(Exception):
+    """Root of every error corral raises on purpose."""
+
+
+class SpecError(CorralError, ValueError):
+    """A job spec is invalid. ``problems`` lists (field, value, accepted) triples."""
+
+    def __init__(self, problems: list[tuple[str, Any, str]]) -> None:
+        self.problems = problems
+        lines = [f"  {field}: got {value!r}; {accepted}" for field, value, accepted in problems]
+        noun = "field" if len(problems) == 1 else "fields"
+        super().__init__(f"invalid job spec ({len(problems)} {noun}):\n" + "\n".join(lines))
+
+
+class JobFileError(CorralError):
+    """A job file could not be read or parsed."""
+
+
+class MissingDependency(CorralError, ImportError):
+    """An optional dependency is missing."""
+
+    def __init__(self, module: str, extra: str | None = None, purpose: str = "") -> None:
+        hint = f"pip install 'corral[{extra}]'" if extra else f"pip install {module}"
+        why = f" (needed {purpose})" if purpose else ""
+        super().__init__(f"the Python package {module!r} is not installed{why}; run: {hint}")
+
+
+class BackendError(CorralError):
+    """A backend could not complete an operation."""
+
+
+class SubmitError(BackendError):
+    """Submission failed; nothing was started."""
+
+
+class JobNotFound(BackendError, KeyError):
+    """No job with this id is recorded."""
+
+    def __str__(self) -> str:  # KeyError quotes its message otherwise
+        return str(self.args[0]) if self.args else "job not found"
+
+
+class JobFailed(CorralError):
+    """The job finished in a state other than SUCCEEDED."""
+
+    def __init__(self, status: JobStatus, message: str | None = None) -> None:
+        self.status = status
+        super().__init__(message or status.summary())
+
+
+class RankError(JobFailed):
+    """A distributed function raised an exception on one of its ranks."""
+
+    def __init__(self, status: JobStatus, rank: int, node: int, remote_traceback: str) -> None:
+        self.rank = rank
+        self.node = node
+        self.remote_traceback = remote_traceback
+        super().__init__(
+            status,
+            f"rank {rank} (node {node}) raised an exception:\n\n{remote_traceback.rstrip()}",
+        )

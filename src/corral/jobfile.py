@@ -1,0 +1,86 @@
+"""Job files: the same spec in YAML or TOML.
+
+    name: mingpt
+    script: examples/mingpt/train.py    # or  module: pkg.train  or  command: "echo hi"
+    args: ["--steps", "200"]
+    nodes: 2
+    procs_per_node: 1
+    launcher: torchrun
+    env: {LOG_LEVEL: info}
+    resources: {cpus: 4, memory: 8G, gpus: 0}
+    time_limit: 30m
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from corral.errors import JobFileError, SpecError
+from corral.spec import JobSpec
+
+_ENTRY_KEYS = ("script", "module", "command")
+
+
+def entrypoint_fields(data: dict[str, Any]) -> dict[str, Any]:
+    """Turn the ``script:`` / ``module:`` / ``command:`` shorthand into ``entrypoint``."""
+    data = dict(data)
+    given = [k for k in _ENTRY_KEYS if k in data]
+    if len(given) > 1 or (given and "entrypoint" in data):
+        raise SpecError([("entrypoint", {k: data[k] for k in given},
+                          "give exactly one of script, module, command")])
+    if not given:
+        return data
+    key = given[0]
+    value = data.pop(key)
+    if key == "script":
+        data["entrypoint"] = {"kind": "script", "path": value}
+    elif key == "module":
+        data["entrypoint"] = {"kind": "module", "module": value}
+    else:
+        argv = shlex.split(value) if isinstance(value, str) else value
+        data["entrypoint"] = {"kind": "command", "argv": argv}
+    return data
+
+
+def read_job_file(path: str | Path) -> dict[str, Any]:
+    """The raw fields of a YAML (.yaml/.yml) or TOML (.toml) job file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise JobFileError(f"cannot read job file {str(path)!r}: {exc.strerror}") from exc
+    try:
+        if path.suffix == ".toml":
+            if sys.version_info >= (3, 11):
+                import tomllib
+            else:  # pragma: no cover
+                import tomli as tomllib
+            data: Any = tomllib.loads(text)
+        elif path.suffix in (".yaml", ".yml", ".json"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            raise JobFileError(
+                f"job file {str(path)!r}: unknown extension {path.suffix!r}; "
+                "use .yaml, .yml, .toml or .json"
+            )
+    except JobFileError:
+        raise
+    except Exception as exc:
+        raise JobFileError(f"job file {str(path)!r} is not valid {path.suffix[1:]}: {exc}") from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise JobFileError(f"job file {str(path)!r}: expected a mapping of fields at the top")
+    return entrypoint_fields(data)
+
+
+def load_job_file(path: str | Path, **overrides: Any) -> JobSpec:
+    """A validated spec from a job file, with ``overrides`` applied on top."""
+    data = read_job_file(path)
+    data.update(entrypoint_fields(overrides))
+    return JobSpec(**data)

@@ -1,0 +1,53 @@
+"""``deepspeed``: DeepSpeed's per-node launcher, started on every node; no ssh needed.
+
+``deepspeed.launcher.launch`` is what the ``deepspeed`` command runs on each host over
+ssh (pdsh). Starting it directly with the node rank and the master address lets any
+backend start it the way it starts any other per-node process.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+
+from corral.launchers.base import NodeContext, NodeLaunch, ProcessLaunch, hostfile_text, job_env
+from corral.launchers.base import node_ranks, program_argv, rank_shim
+from corral.spec import JobSpec
+
+_DERIVE = 'export NODE_RANK="${CROSS_RANK:-$NODE_RANK}"; '
+
+
+def world_info(hosts: tuple[str, ...], procs_per_node: int) -> str:
+    """DeepSpeed's base64 JSON map host -> local slot ids; hosts must be distinct keys."""
+    keys = hosts if len(set(hosts)) == len(hosts) else tuple(f"node{i}" for i in range(len(hosts)))
+    info = {key: list(range(procs_per_node)) for key in keys}
+    return base64.urlsafe_b64encode(json.dumps(info).encode()).decode()
+
+
+class DeepspeedLauncher:
+    name = "deepspeed"
+
+    def render_node(self, spec: JobSpec, ctx: NodeContext) -> NodeLaunch:
+        files = {ctx.hostfile: hostfile_text(ctx.hosts, spec.procs_per_node)}
+        program = program_argv(spec, ctx)
+        shim = rank_shim(ctx, _DERIVE)
+        if shim or program[0] != ctx.python:
+            tail: tuple[str, ...] = ("--no_python", *shim, *program)
+        elif program[1] == "-m":
+            tail = ("--module", *program[2:])
+        else:
+            tail = program[1:]
+        argv = (
+            ctx.python, "-m", "deepspeed.launcher.launch",
+            f"--world_info={world_info(ctx.hosts, spec.procs_per_node)}",
+            f"--node_rank={ctx.node_rank}",
+            f"--master_addr={ctx.master_addr}",
+            f"--master_port={ctx.master_port}",
+            *spec.launcher_args,
+            *tail,
+        )
+        env = job_env(spec, ctx)
+        launch = ProcessLaunch(argv, env, log_name=f"node-{ctx.node_rank}.log")
+        return NodeLaunch(
+            ctx.node_rank, (launch,), files=files, ranks=node_ranks(spec, ctx.node_rank)
+        )

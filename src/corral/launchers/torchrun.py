@@ -1,0 +1,46 @@
+"""``torchrun``: one elastic agent per node, c10d rendezvous on the first host.
+
+Each job gets its own rendezvous id and port (from the backend), so two jobs on the same
+hosts never meet in one rendezvous.
+"""
+
+from __future__ import annotations
+
+from corral.launchers.base import NodeContext, NodeLaunch, ProcessLaunch, job_env, node_ranks
+from corral.launchers.base import program_argv, rank_shim
+from corral.spec import JobSpec
+
+# torchrun assigns node ranks in the rendezvous; GROUP_RANK is the one that counts.
+_DERIVE = 'export NODE_RANK="${GROUP_RANK:-$NODE_RANK}"; '
+
+
+class TorchrunLauncher:
+    name = "torchrun"
+
+    def agent_argv(self, spec: JobSpec, ctx: NodeContext) -> tuple[str, ...]:
+        return (
+            ctx.python, "-m", "torch.distributed.run",
+            "--nnodes", str(spec.nodes),
+            "--nproc-per-node", str(spec.procs_per_node),
+            "--node-rank", str(ctx.node_rank),
+            "--rdzv-backend", "c10d",
+            "--rdzv-endpoint", f"{ctx.master_addr}:{ctx.master_port}",
+            "--rdzv-id", ctx.rdzv_id,
+            "--max-restarts", str(spec.max_restarts),
+            *spec.launcher_args,
+        )
+
+    def render_node(self, spec: JobSpec, ctx: NodeContext) -> NodeLaunch:
+        program = program_argv(spec, ctx)
+        shim = rank_shim(ctx, _DERIVE)
+        if shim:
+            tail: tuple[str, ...] = ("--no-python", *shim, *program)
+        elif program[0] == ctx.python:
+            tail = program[1:]  # torchrun runs `python` itself: SCRIPT ARGS or -m MODULE ARGS
+        else:
+            tail = ("--no-python", *program)
+        argv = (*self.agent_argv(spec, ctx), *tail)
+        env = job_env(spec, ctx)
+        env.pop("WORLD_SIZE")  # set per worker by the agent
+        agent = ProcessLaunch(argv, env, log_name=f"node-{ctx.node_rank}.log")
+        return NodeLaunch(ctx.node_rank, (agent,), ranks=node_ranks(spec, ctx.node_rank))

@@ -1,0 +1,71 @@
+"""Run a pickled function on one rank and store what it returned or raised.
+
+``python -m corral.runtime.call RUN_DIR/function.pkl`` (or, in a forked rank, the
+already-loaded function). The result of rank R goes to ``RUN_DIR/results/rank-R.pkl``:
+``{"ok": True, "value": ...}`` or ``{"ok": False, "error": ..., "traceback": "..."}``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from typing import Any
+
+
+def load_payload(path: str) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
+    import cloudpickle
+
+    with open(path, "rb") as handle:
+        fn, args, kwargs = cloudpickle.load(handle)
+    return fn, tuple(args), dict(kwargs)
+
+
+def result_path(payload_path: str, rank: int) -> str:
+    return os.path.join(os.path.dirname(payload_path), "results", f"rank-{rank}.pkl")
+
+
+def _write_result(path: str, outcome: dict[str, Any]) -> None:
+    import cloudpickle
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        data = cloudpickle.dumps(outcome)
+    except Exception as exc:  # the value or the exception cannot be pickled
+        what = "return value" if outcome.get("ok") else "exception"
+        data = cloudpickle.dumps({
+            "ok": False,
+            "error": None,
+            "traceback": outcome.get("traceback", "")
+            + f"\ncorral: the {what} of this rank could not be pickled: {exc!r}\n",
+        })
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+    os.replace(tmp, path)
+
+
+def run_loaded(function: tuple[Any, tuple[Any, ...], dict[str, Any]], payload_path: str) -> int:
+    """Call the function; store its outcome for this rank; return the exit code."""
+    fn, args, kwargs = function
+    rank = int(os.environ.get("RANK", "0"))
+    try:
+        value = fn(*args, **kwargs)
+    except BaseException as exc:
+        text = traceback.format_exc()
+        sys.stderr.write(text)
+        _write_result(result_path(payload_path, rank),
+                      {"ok": False, "error": exc, "traceback": text})
+        return 1
+    _write_result(result_path(payload_path, rank), {"ok": True, "value": value})
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    payload = args[0]
+    return run_loaded(load_payload(payload), payload)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""Small Linux process helpers shared by the node agent and the supervisor (stdlib only)."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import time
+from collections.abc import Callable
+
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+
+_libc: ctypes.CDLL | None = None
+
+
+def _prctl(option: int, value: int) -> bool:
+    global _libc
+    try:
+        if _libc is None:
+            _libc = ctypes.CDLL(None, use_errno=True)
+        return int(_libc.prctl(option, value, 0, 0, 0)) == 0
+    except (OSError, AttributeError):  # not Linux
+        return False
+
+
+def become_subreaper() -> bool:
+    """Orphaned descendants are re-parented to this process instead of init."""
+    return _prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+
+def die_with_parent(sig: int = signal.SIGKILL) -> bool:
+    """Ask the kernel to send ``sig`` to this process when its parent exits."""
+    return _prctl(PR_SET_PDEATHSIG, int(sig))
+
+
+def describe_returncode(returncode: int | None) -> str:
+    """'exit code 3', 'signal 9 (SIGKILL)' from a subprocess-style return code."""
+    if returncode is None:
+        return "still running"
+    if returncode < 0:
+        return f"signal {-returncode} ({signal_name(-returncode)})"
+    if returncode > 128 and returncode - 128 < 65:
+        return f"exit code {returncode} (signal {returncode - 128}, {signal_name(returncode - 128)})"
+    return f"exit code {returncode}"
+
+
+def signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"SIG{number}"
+
+
+def returncode_from_status(status: int) -> int:
+    """subprocess-style return code from a waitpid status (negative: killed by a signal)."""
+    if os.WIFSIGNALED(status):
+        return -os.WTERMSIG(status)
+    return os.WEXITSTATUS(status)
+
+
+def kill_quietly(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def killpg_quietly(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.01) -> bool:
+    """Poll ``predicate()`` until true or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
