@@ -28,6 +28,7 @@ class Failure:
     reason: str
     last_lines: list[str] = field(default_factory=list)
     log: str | None = None
+    time: float | None = None  # when corral saw it
 
     def describe(self) -> str:
         who = f"rank {self.rank} on node {self.node}" if self.rank is not None else (
@@ -80,7 +81,8 @@ class JobStatus:
             head += f" after {self.duration:.1f}s"
         lines = [head + (f": {self.reason}" if self.reason else "")]
         if self.failure is not None:
-            lines.append(self.failure.describe())
+            if self.failure.describe() != self.reason:
+                lines.append(self.failure.describe())
             if self.failure.last_lines:
                 label = f"rank {self.failure.rank}" if self.failure.rank is not None else "node"
                 lines.append(f"last lines of {label}'s log ({self.failure.log}):")

@@ -133,10 +133,18 @@ def rank_shim(ctx: NodeContext, derive: str = "") -> tuple[str, ...]:
 
 
 def hostfile_text(hosts: tuple[str, ...], slots: int, style: str = "openmpi") -> str:
-    """An MPI/DeepSpeed hostfile: ``host slots=N`` (Open MPI, DeepSpeed) or ``host:N`` (MPICH)."""
+    """An MPI/DeepSpeed hostfile: ``host slots=N`` (Open MPI, DeepSpeed) or ``host:N`` (MPICH).
+
+    A host listed twice (emulated nodes on one machine) becomes one line with the slots of
+    both: MPI rejects repeated hosts with ``slots=``. Order is kept, so ranks still fill
+    node 0 first.
+    """
+    merged: dict[str, int] = {}
+    for host in hosts:
+        merged[host] = merged.get(host, 0) + slots
     if style == "mpich":
-        return "".join(f"{host}:{slots}\n" for host in hosts)
-    return "".join(f"{host} slots={slots}\n" for host in hosts)
+        return "".join(f"{host}:{count}\n" for host, count in merged.items())
+    return "".join(f"{host} slots={count}\n" for host, count in merged.items())
 
 
 def node_ranks(spec: JobSpec, node_rank: int) -> tuple[int, ...]:

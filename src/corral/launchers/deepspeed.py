@@ -14,9 +14,6 @@ from corral.launchers.base import NodeContext, NodeLaunch, ProcessLaunch, hostfi
 from corral.launchers.base import node_ranks, program_argv, rank_shim
 from corral.spec import JobSpec
 
-_DERIVE = 'export NODE_RANK="${CROSS_RANK:-$NODE_RANK}"; '
-
-
 def world_info(hosts: tuple[str, ...], procs_per_node: int) -> str:
     """DeepSpeed's base64 JSON map host -> local slot ids; hosts must be distinct keys."""
     keys = hosts if len(set(hosts)) == len(hosts) else tuple(f"node{i}" for i in range(len(hosts)))
@@ -30,7 +27,7 @@ class DeepspeedLauncher:
     def render_node(self, spec: JobSpec, ctx: NodeContext) -> NodeLaunch:
         files = {ctx.hostfile: hostfile_text(ctx.hosts, spec.procs_per_node)}
         program = program_argv(spec, ctx)
-        shim = rank_shim(ctx, _DERIVE)
+        shim = rank_shim(ctx)
         if shim or program[0] != ctx.python:
             tail: tuple[str, ...] = ("--no_python", *shim, *program)
         elif program[1] == "-m":

@@ -10,7 +10,7 @@ from corral.launchers.base import NodeContext, NodeLaunch, ProcessLaunch, job_en
 from corral.launchers.base import program_argv, rank_shim
 from corral.spec import JobSpec
 
-# torchrun assigns node ranks in the rendezvous; GROUP_RANK is the one that counts.
+# c10d assigns node ranks in join order (--node-rank is ignored); GROUP_RANK counts.
 _DERIVE = 'export NODE_RANK="${GROUP_RANK:-$NODE_RANK}"; '
 
 
@@ -32,13 +32,8 @@ class TorchrunLauncher:
 
     def render_node(self, spec: JobSpec, ctx: NodeContext) -> NodeLaunch:
         program = program_argv(spec, ctx)
-        shim = rank_shim(ctx, _DERIVE)
-        if shim:
-            tail: tuple[str, ...] = ("--no-python", *shim, *program)
-        elif program[0] == ctx.python:
-            tail = program[1:]  # torchrun runs `python` itself: SCRIPT ARGS or -m MODULE ARGS
-        else:
-            tail = ("--no-python", *program)
+        # Always through the shim: NODE_RANK must follow the rendezvous (GROUP_RANK).
+        tail = ("--no-python", *rank_shim(ctx, _DERIVE), *program)
         argv = (*self.agent_argv(spec, ctx), *tail)
         env = job_env(spec, ctx)
         env.pop("WORLD_SIZE")  # set per worker by the agent

@@ -44,6 +44,7 @@ class NodeAgent:
         self.events = os.fdopen(events_fd, "w", buffering=1, encoding="utf-8")
         self.children: dict[int, dict[str, Any]] = {}  # pid -> process entry
         self.grace = float(plan.get("grace", 1.0))
+        self.base_env = dict(os.environ)  # what the ranks inherit, before our own changes
 
     def emit(self, **event: Any) -> None:
         event.setdefault("node", self.plan["node_rank"])
@@ -72,6 +73,9 @@ class NodeAgent:
         """Import what the ranks need; None if forking is still safe afterwards."""
         started = time.monotonic()
         target = self.plan["target"]
+        # numpy's OpenBLAS starts a thread pool at import unless told not to; a pool
+        # would make the fork unsafe. Forked ranks keep a single BLAS thread.
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
         for name in self.plan.get("preload", []):
             try:
                 __import__(name)
@@ -116,7 +120,7 @@ class NodeAgent:
         if pid == 0:
             try:
                 self._child_setup(entry)
-                os.execvpe(entry["argv"][0], entry["argv"], entry["env"])
+                os.execvpe(entry["argv"][0], entry["argv"], {**self.base_env, **entry["env"]})
             except BaseException as exc:
                 print(f"corral: cannot start {entry['argv'][0]!r}: {exc}", file=sys.stderr)
                 sys.stderr.flush()
@@ -131,7 +135,8 @@ class NodeAgent:
             code = 1
             try:
                 self._child_setup(entry)
-                code = _run_in_child(self.plan["target"], entry, getattr(self, "function", None))
+                env = {**self.base_env, **entry["env"]}
+                code = _run_in_child(self.plan["target"], env, getattr(self, "function", None))
             finally:
                 os._exit(code)
         self._started(pid, entry)
@@ -196,20 +201,20 @@ def _thread_count() -> int:
         return threading.active_count()
 
 
-def _run_in_child(target: dict[str, Any], entry: dict[str, Any], function: Any) -> int:
+def _run_in_child(target: dict[str, Any], env: dict[str, str], function: Any) -> int:
     """Run the user's code in a forked rank the way ``python`` would; return its exit code."""
     import atexit
     import runpy
     import traceback
 
     os.environ.clear()
-    os.environ.update(entry["env"])
+    os.environ.update(env)
     for stream in (sys.stdout, sys.stderr):
         reconfigure = getattr(stream, "reconfigure", None)
         if reconfigure is not None:
             reconfigure(line_buffering=True, write_through=True)
     torch = sys.modules.get("torch")
-    threads = entry["env"].get("OMP_NUM_THREADS")
+    threads = env.get("OMP_NUM_THREADS")
     if torch is not None and threads and threads.isdigit():
         torch.set_num_threads(int(threads))
     code = 0

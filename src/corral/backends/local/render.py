@@ -56,6 +56,7 @@ class NodePlan:
             "target": dict(self.target) if self.target else None,
             "log_dir": log_dir,
             "grace": grace,
+            "files": dict(self.files),
             "processes": [
                 {"argv": list(p.argv), "env": dict(p.env), "rank": p.rank,
                  "local_rank": p.local_rank, "log": p.log_name}

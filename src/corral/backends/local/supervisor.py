@@ -216,7 +216,7 @@ class Supervisor:
             lines = tail_lines(self.run.logs / log, 20)
         self.status.failure = Failure(
             node=node, rank=rank, returncode=code, reason=describe_returncode(code),
-            last_lines=lines, log=str(self.run.logs / log),
+            last_lines=lines, log=str(self.run.logs / log), time=time.time(),
         )
         self._stop_reason = (JobState.FAILED, self.status.failure.describe())
 

@@ -1,0 +1,54 @@
+"""Shared fixtures: an isolated CORRAL_HOME per test, and a check for leftover processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+PROGRAMS = Path(__file__).parent / "programs"
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def corral_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "corral-home"
+    monkeypatch.setenv("CORRAL_HOME", str(home))
+    return home
+
+
+@pytest.fixture
+def programs() -> Path:
+    return PROGRAMS
+
+
+def leftover_processes(run_dir: str | os.PathLike[str], job_id: str) -> list[psutil.Process]:
+    """Processes still alive that belong to a job: by command line or by environment."""
+    found = []
+    needle = str(run_dir)
+    for proc in psutil.process_iter(["pid", "cmdline", "status"]):
+        if proc.pid == os.getpid() or proc.info["status"] == psutil.STATUS_ZOMBIE:
+            continue
+        try:
+            cmdline = " ".join(proc.info["cmdline"] or [])
+            if needle in cmdline or proc.environ().get("CORRAL_JOB_ID") == job_id:
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+def read_rank_outputs(out_dir: Path) -> dict[int, dict]:
+    """The JSON files that test programs write, one per rank."""
+    return {
+        int(p.stem.split("-")[1]): json.loads(p.read_text(encoding="utf-8"))
+        for p in sorted(out_dir.glob("rank-*.json"))
+    }
+
+
+def python() -> str:
+    return sys.executable
