@@ -13,10 +13,25 @@ import traceback
 from typing import Any
 
 
+def dump_payload(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+    """The caller's sys.path (plain pickle), then the call (cloudpickle)."""
+    import pickle
+
+    import cloudpickle
+
+    return pickle.dumps(list(sys.path)) + cloudpickle.dumps((fn, args, kwargs))
+
+
 def load_payload(path: str) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
+    """Load a call; the caller's sys.path comes first, so that functions and classes that
+    were pickled by reference (defined in the caller's own modules) import here too."""
+    import pickle
+
     import cloudpickle
 
     with open(path, "rb") as handle:
+        caller_path = pickle.load(handle)
+        sys.path.extend(p for p in caller_path if p not in sys.path)
         fn, args, kwargs = cloudpickle.load(handle)
     return fn, tuple(args), dict(kwargs)
 

@@ -127,12 +127,11 @@ class LocalBackend(Backend):
     def _prepare(self, spec: JobSpec, plan: LocalPlan) -> tuple[RunDir, JobStatus]:
         run = RunDir.create(plan.job_id, self.root)
         if isinstance(spec.entrypoint, Function):
-            import cloudpickle
+            from corral.runtime.call import dump_payload
 
             entry = spec.entrypoint
-            payload = (entry.fn, entry.call_args, dict(entry.call_kwargs))
             try:
-                data = cloudpickle.dumps(payload)
+                data = dump_payload(entry.fn, entry.call_args, dict(entry.call_kwargs))
             except Exception as exc:
                 shutil.rmtree(run.path, ignore_errors=True)
                 raise SubmitError(
@@ -245,6 +244,7 @@ class LocalBackend(Backend):
             return status
         (run.path / "cancel").touch()
         if procs.wait_until(lambda: self.describe(job_id).state.is_terminal(), timeout):
+            procs.wait_until(lambda: not self._supervisor_alive(run), timeout)
             return self.describe(job_id)
         # The supervisor is gone or stuck: stop the node sessions ourselves.
         try:
