@@ -45,12 +45,16 @@ def ps_command(backend: str, show_all: bool, as_json: bool) -> int:
         click.echo(json.dumps([s.to_json() for s in jobs], indent=1))
         return 0
     table = Table(box=None, header_style="bold")
-    for column in ("JOB ID", "NAME", "BACKEND", "STATE", "NODES", "AGE", "REASON"):
-        table.add_column(column, overflow="fold")
+    for column in ("JOB ID", "NAME", "BACKEND", "STATE", "NODES", "AGE"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("REASON", overflow="fold")
     for s in jobs:
         table.add_row(s.job_id, s.name, s.backend, s.state.value,
                       f"{s.nodes}x{s.procs_per_node}", _age(s), s.reason)
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)  # piped: never cut a job id
+    console.print(table)
     return 0
 
 
