@@ -7,9 +7,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import leftover_processes
 
 import corral
+from conftest import leftover_processes
 from corral.api import JobHandle, submit
 from corral.errors import JobFailed, RankError
 from corral.spec import JobSpec, JobState

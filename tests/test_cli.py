@@ -10,12 +10,15 @@ import time
 from pathlib import Path
 
 import pytest
+
 from conftest import leftover_processes
 
 CORRAL = [sys.executable, "-m", "corral.cli"]
 
 
-def corral(*args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def corral(
+    *args: str, cwd: Path | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*CORRAL, *args], capture_output=True, text=True, cwd=cwd,
                           timeout=timeout, env=os.environ.copy())
 

@@ -6,8 +6,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import leftover_processes
 
+from conftest import leftover_processes
 from corral.backends.local import LocalBackend, LocalOptions
 from corral.spec import JobSpec, JobState
 from corral.status import JobStatus

@@ -8,8 +8,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import read_rank_outputs
 
+from conftest import read_rank_outputs
 from corral.backends.local import LocalBackend, LocalOptions
 from corral.spec import JobSpec, JobState
 

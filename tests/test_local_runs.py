@@ -6,8 +6,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import leftover_processes, read_rank_outputs
 
+from conftest import leftover_processes, read_rank_outputs
 from corral.api import submit
 from corral.backends.local import LocalBackend, LocalOptions
 from corral.spec import JobSpec, JobState

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from conftest import REPO
 
 nbformat = pytest.importorskip("nbformat")
@@ -17,7 +18,8 @@ NOTEBOOK = REPO / "examples" / "notebook" / "ddp_in_a_notebook.ipynb"
 
 
 def cell_text(cell: dict) -> str:
-    return "".join(o.get("text", "") for o in cell.get("outputs", []) if o["output_type"] == "stream")
+    outputs = cell.get("outputs", [])
+    return "".join(o.get("text", "") for o in outputs if o["output_type"] == "stream")
 
 
 def test_example_notebook_runs_on_a_real_kernel(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from corral.errors import JobFileError, SpecError
 from corral.jobfile import load_job_file
@@ -20,7 +21,7 @@ def test_defaults_and_world_size() -> None:
     assert spec.world_size == 8
     assert spec.launcher == "none"
     assert isinstance(spec.entrypoint, Script)
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         spec.nodes = 3  # type: ignore[misc]  # frozen
 
 

@@ -34,7 +34,28 @@ _EXPORTS = {
     "RankError": "corral.errors",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "Command",
+    "CorralError",
+    "Function",
+    "JobEnvironment",
+    "JobFailed",
+    "JobHandle",
+    "JobSpec",
+    "JobState",
+    "JobStatus",
+    "Module",
+    "RankError",
+    "Resources",
+    "Script",
+    "SpecError",
+    "distributed",
+    "env",
+    "get_backend",
+    "load_job_file",
+    "run",
+    "submit",
+]
 
 if TYPE_CHECKING:
     from corral.api import JobHandle, distributed, run, submit

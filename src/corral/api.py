@@ -40,17 +40,8 @@ def run(
     ``check=True`` raises :class:`JobFailed` unless the job succeeded.
     """
     engine = _backend(backend)
-    sink: Sink | None
-    if stream is True:
-        sink = LinePrinter(spec.procs_per_node)
-    else:
-        sink = stream or None
-    runner = getattr(engine, "run", None)
-    if runner is not None:
-        status: JobStatus = runner(spec, sink=sink)
-    else:
-        handle = submit(spec, engine)
-        status = handle.wait()
+    sink: Sink | None = LinePrinter(spec.procs_per_node) if stream is True else stream or None
+    status = engine.run(spec, sink=sink)
     if check and status.state is not JobState.SUCCEEDED:
         raise JobFailed(status)
     return status

@@ -77,7 +77,8 @@ def read_environment(environ: Mapping[str, str] | None = None) -> JobEnvironment
     local_rank = _int(environ, "LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", default=0)
     node_rank = _int(environ, "NODE_RANK", "GROUP_RANK", default=rank // max(local_world, 1))
     hosts = _hosts(environ)
-    num_nodes = _int(environ, "CORRAL_NUM_NODES", default=len(hosts) or max(world // local_world, 1))
+    nodes_guess = len(hosts) or max(world // max(local_world, 1), 1)
+    num_nodes = _int(environ, "CORRAL_NUM_NODES", default=nodes_guess)
     return JobEnvironment(
         rank=rank,
         local_rank=local_rank,

@@ -57,7 +57,7 @@ def read_job_file(path: str | Path) -> dict[str, Any]:
             if sys.version_info >= (3, 11):
                 import tomllib
             else:  # pragma: no cover
-                import tomli as tomllib
+                import tomli as tomllib  # type: ignore[import-not-found,no-redef,unused-ignore]
             data: Any = tomllib.loads(text)
         elif path.suffix in (".yaml", ".yml", ".json"):
             import yaml

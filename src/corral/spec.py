@@ -205,7 +205,9 @@ class JobSpec(_Frozen):
     def _env(cls, value: Mapping[str, str]) -> dict[str, str]:
         for key, item in value.items():
             if not _ENV_KEY.match(key):
-                raise ValueError(f"key {key!r} is not a valid variable name ([A-Za-z_][A-Za-z0-9_]*)")
+                raise ValueError(
+                    f"key {key!r} is not a valid variable name ([A-Za-z_][A-Za-z0-9_]*)"
+                )
             if "\x00" in item:
                 raise ValueError(f"value of {key} must not contain NUL bytes")
         return dict(value)

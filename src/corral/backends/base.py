@@ -9,13 +9,16 @@ backend can do is declared as data (:class:`Capabilities`), not discovered by ca
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from corral.logs import LogSource
 from corral.spec import JobSpec
 from corral.status import JobStatus
+
+LineSink = Callable[[LogSource, str], None]
 
 
 @dataclass(frozen=True)
@@ -29,7 +32,8 @@ class Capabilities:
 
 
 class Plan(Protocol):
-    job_id: str
+    @property
+    def job_id(self) -> str: ...
 
     def dry_run_text(self) -> str: ...
 
@@ -45,7 +49,7 @@ class Backend(abc.ABC):
     capabilities: Capabilities
 
     @abc.abstractmethod
-    def render(self, spec: JobSpec) -> Plan:
+    def render(self, spec: JobSpec, job_id: str | None = None) -> Plan:
         """What would be sent, exactly; no side effects."""
 
     @abc.abstractmethod
@@ -66,6 +70,18 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def list(self) -> list[JobStatus]: ...
+
+    def run(
+        self, spec: JobSpec, sink: LineSink | None = None, plan: Plan | None = None
+    ) -> JobStatus:
+        """Submit, stream the ranks' output to ``sink``, and return the final status."""
+        ref = self.submit(spec, plan)
+        for source, line in self.logs(ref.job_id, follow=True):
+            if sink is not None:
+                sink(source, line)
+        while not (status := self.describe(ref.job_id)).state.is_terminal():
+            time.sleep(0.2)
+        return status
 
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "capabilities": self.capabilities}

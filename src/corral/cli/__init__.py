@@ -6,8 +6,7 @@ import sys
 
 import click
 
-from corral.cli.jobs import cancel_command, logs_command, ps_command, status_command
-from corral.cli.jobs import wait_command
+from corral.cli.jobs import cancel_command, logs_command, ps_command, status_command, wait_command
 from corral.cli.run import run_command
 from corral.errors import CorralError
 

@@ -114,14 +114,16 @@ def run_command(
         ref = engine.submit(spec, plan)
         click.echo(ref.job_id)
         return 0
-    runner = getattr(engine, "run")
+    runner = engine.run
     click.echo(f"corral: job {plan.job_id} on {backend}: {spec.nodes} node(s) x "
                f"{spec.procs_per_node} rank(s)", err=True)
     status = runner(spec, sink=LinePrinter(spec.procs_per_node), plan=plan)
-    color = sys.stderr.isatty()
-    style = {"fg": "green" if status.state is JobState.SUCCEEDED else "red"} if color else {}
-    click.echo(click.style(status.summary(), **style), err=True)
-    return status.returncode
+    text = status.summary()
+    if sys.stderr.isatty():
+        text = click.style(text, fg="green" if status.state is JobState.SUCCEEDED else "red")
+    click.echo(text, err=True)
+    code: int = status.returncode
+    return code
 
 
 def _default_name(entrypoint: dict[str, Any] | Any) -> str:

@@ -10,9 +10,18 @@ from __future__ import annotations
 import base64
 import json
 
-from corral.launchers.base import NodeContext, NodeLaunch, ProcessLaunch, hostfile_text, job_env
-from corral.launchers.base import node_ranks, program_argv, rank_shim
+from corral.launchers.base import (
+    NodeContext,
+    NodeLaunch,
+    ProcessLaunch,
+    hostfile_text,
+    job_env,
+    node_ranks,
+    program_argv,
+    rank_shim,
+)
 from corral.spec import JobSpec
+
 
 def world_info(hosts: tuple[str, ...], procs_per_node: int) -> str:
     """DeepSpeed's base64 JSON map host -> local slot ids; hosts must be distinct keys."""

@@ -7,8 +7,15 @@ that, on Open MPI and on MPICH alike.
 
 from __future__ import annotations
 
-from corral.launchers.base import NodeContext, NodeLaunch, ProcessLaunch, hostfile_text, job_env
-from corral.launchers.base import program_argv, rank_shim
+from corral.launchers.base import (
+    NodeContext,
+    NodeLaunch,
+    ProcessLaunch,
+    hostfile_text,
+    job_env,
+    program_argv,
+    rank_shim,
+)
 from corral.spec import JobSpec
 
 _DERIVE = {

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-from corral.launchers.base import NodeContext, NodeLaunch, ProcessLaunch, job_env, node_ranks
-from corral.launchers.base import program_argv
+from corral.launchers.base import (
+    NodeContext,
+    NodeLaunch,
+    ProcessLaunch,
+    job_env,
+    node_ranks,
+    program_argv,
+)
 from corral.spec import JobSpec
 
 

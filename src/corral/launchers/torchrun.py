@@ -6,8 +6,15 @@ hosts never meet in one rendezvous.
 
 from __future__ import annotations
 
-from corral.launchers.base import NodeContext, NodeLaunch, ProcessLaunch, job_env, node_ranks
-from corral.launchers.base import program_argv, rank_shim
+from corral.launchers.base import (
+    NodeContext,
+    NodeLaunch,
+    ProcessLaunch,
+    job_env,
+    node_ranks,
+    program_argv,
+    rank_shim,
+)
 from corral.spec import JobSpec
 
 # c10d assigns node ranks in join order (--node-rank is ignored); GROUP_RANK counts.

@@ -19,7 +19,8 @@ def dump_payload(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> byte
 
     import cloudpickle
 
-    return pickle.dumps(list(sys.path)) + cloudpickle.dumps((fn, args, kwargs))
+    call: bytes = cloudpickle.dumps((fn, args, kwargs))
+    return pickle.dumps(list(sys.path)) + call
 
 
 def load_payload(path: str) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:

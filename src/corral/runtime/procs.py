@@ -41,7 +41,8 @@ def describe_returncode(returncode: int | None) -> str:
     if returncode < 0:
         return f"signal {-returncode} ({signal_name(-returncode)})"
     if returncode > 128 and returncode - 128 < 65:
-        return f"exit code {returncode} (signal {returncode - 128}, {signal_name(returncode - 128)})"
+        number = returncode - 128
+        return f"exit code {returncode} (signal {number}, {signal_name(number)})"
     return f"exit code {returncode}"
 
 

@@ -15,10 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from corral.backends.base import Backend, Capabilities, JobRef, Plan
+from corral.backends.base import Backend, Capabilities, JobRef, LineSink, Plan
 from corral.backends.local.preload import guess_preload
 from corral.backends.local.render import LocalOptions, LocalPlan, Machine, render
-from corral.backends.local.supervisor import LineSink, Supervisor
+from corral.backends.local.supervisor import Supervisor
 from corral.errors import MissingDependency, SubmitError
 from corral.logs import LogFollower, LogSource
 from corral.rundir import RunDir, iter_run_dirs, new_job_id, runs_root

@@ -20,20 +20,19 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from corral.backends.base import LineSink
 from corral.launchers.failures import first_failure
-from corral.logs import LogFollower, LogSource
+from corral.logs import LogFollower
 from corral.rundir import RunDir, tail_lines
 from corral.runtime import procs
 from corral.runtime.procs import describe_returncode
 from corral.spec import JobState
 from corral.status import Failure, JobStatus, RankStatus
 
-LineSink = Callable[[LogSource, str], None]
 POLL_SECONDS = 0.05
 
 
@@ -81,7 +80,7 @@ class Supervisor:
 
     def _start(self) -> None:
         run = self.run
-        ranks = []
+        ranks: list[RankStatus] = []
         for node in self.plan["nodes"]:
             for path, text in node.get("files", {}).items():
                 Path(path).write_text(text, encoding="utf-8")
@@ -131,7 +130,7 @@ class Supervisor:
         for agent in self.agents:
             selector.register(agent.stdout, selectors.EVENT_READ, agent)
         limit = self.plan.get("time_limit")
-        deadline = self.status.started + limit if limit else None  # type: ignore[operator]
+        deadline = self.status.started + limit if limit else None
         open_pipes = len(self.agents)
         while open_pipes or any(a.process.poll() is None for a in self.agents):
             for key, _ in selector.select(POLL_SECONDS):
