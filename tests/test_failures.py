@@ -99,3 +99,23 @@ def test_mpirun_reports_the_failing_rank(programs: Path) -> None:
     assert failure.last_lines[-1] == "rank 2 about to exit3"
     assert status.duration is not None and status.duration < SLEEPERS_WOULD_TAKE / 4
     assert leftover_processes(status.run_dir or "", status.job_id) == []
+
+
+def test_supervisor_crash_leaves_no_orphans_and_is_reported(programs: Path) -> None:
+    import json
+    import os
+    import signal
+
+    from corral.api import submit
+    from corral.runtime.procs import wait_until
+
+    handle = submit(misbehave(programs, "none", -1, nodes=2, procs_per_node=2))
+    assert wait_until(lambda: handle.state is JobState.RUNNING, 30)
+    status = handle.status()
+    assert wait_until(lambda: all(r.pid for r in handle.status().ranks), 30)
+    pids = json.loads((Path(status.run_dir or "") / "pids.json").read_text())
+    os.kill(pids["supervisor"], signal.SIGKILL)
+    assert wait_until(lambda: not leftover_processes(status.run_dir or "", status.job_id), 10)
+    final = handle.status()
+    assert final.state is JobState.FAILED
+    assert "supervisor process exited" in final.reason
