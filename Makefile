@@ -12,6 +12,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH)" numpy
 	$(BIN)/pip install --quiet -e ".[test]" "$(TORCH)"
+	DS_BUILD_OPS=0 $(BIN)/pip install --quiet --no-build-isolation deepspeed==0.19.8 "$(TORCH)"
 	touch $@
 
 # Open MPI (mpirun for the mpirun launcher, mpicc to build mpi4py) from Debian's packages.

@@ -131,12 +131,28 @@ def test_deepspeed_per_node_without_ssh(node: int) -> None:
     assert dict(proc.env) == common_env(node)
 
 
-def test_deepspeed_duplicate_hosts_get_distinct_keys() -> None:
+def test_deepspeed_duplicate_hosts_and_rank_logs_use_the_python_shim() -> None:
     c = NodeContext(1, ("127.0.0.1", "127.0.0.1"), 1, "j", "/r", "j", "local", "py", "/r/logs")
     argv = get_launcher("deepspeed").render_node(spec("deepspeed"), c).processes[0].argv
     info = json.loads(base64.urlsafe_b64decode(argv[3].split("=", 1)[1]))
     assert info == {"node0": [0, 1], "node1": [0, 1]}
-    assert argv[7:10] == ("--no_python", "sh", "-c")
+    assert argv[7:] == ("--module", "corral.runtime.rankshim", "--at", "2",
+                        "py", "train.py", "--lr", "0.1")
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--local_rank=1", "--at", "2", "py", "t.py", "a"], ["py", "t.py", "--local_rank=1", "a"]),
+        (["--local_rank=0", "--at", "3", "py", "-m", "m", "a"],
+         ["py", "-m", "m", "--local_rank=0", "a"]),
+        (["--at", "1", "./bin", "x"], ["./bin", "x"]),
+    ],
+)
+def test_rankshim_puts_local_rank_after_the_script(argv: list[str], expected: list[str]) -> None:
+    from corral.runtime.rankshim import split
+
+    assert split(list(argv)) == expected
 
 
 @pytest.mark.parametrize("node", [0, 1])

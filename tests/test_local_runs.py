@@ -110,3 +110,13 @@ def test_open_mpi_2x2_allreduce(programs: Path, tmp_path: Path) -> None:
     logs = Path(status.run_dir or "") / "logs"
     assert (logs / "rank-3.log").read_text().strip() == "mpi rank 3 sum 10"
     assert leftover_processes(status.run_dir or "", status.job_id) == []
+
+
+def test_deepspeed_launcher_two_emulated_nodes(programs: Path, tmp_path: Path) -> None:
+    pytest.importorskip("deepspeed")
+    spec = ddp_spec(programs, tmp_path, nodes=2, procs_per_node=1, launcher="deepspeed")
+    status = LocalBackend().run(spec)
+    assert status.state is JobState.SUCCEEDED, status.summary()
+    ranks = check_allreduce(tmp_path, 2, 1)
+    assert [r["argv"] for r in ranks.values()] == [["--local_rank=0", str(tmp_path)]] * 2
+    assert leftover_processes(status.run_dir or "", status.job_id) == []

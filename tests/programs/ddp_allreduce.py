@@ -22,7 +22,10 @@ record = {
     "host": socket.gethostname(),
     "pid": os.getpid(),
 }
-with open(os.path.join(sys.argv[1], f"rank-{rank}.json"), "w") as handle:
+# DeepSpeed's launcher adds --local_rank=N before the script's own arguments
+out_dir = next(a for a in sys.argv[1:] if not a.startswith("--local_rank"))
+record["argv"] = sys.argv[1:]
+with open(os.path.join(out_dir, f"rank-{rank}.json"), "w") as handle:
     json.dump(record, handle)
 print(f"rank {rank}/{world} sum {tensor[0].item():g}")
 dist.destroy_process_group()

@@ -18,7 +18,6 @@ from corral.launchers.base import (
     job_env,
     node_ranks,
     program_argv,
-    rank_shim,
 )
 from corral.spec import JobSpec
 
@@ -36,13 +35,16 @@ class DeepspeedLauncher:
     def render_node(self, spec: JobSpec, ctx: NodeContext) -> NodeLaunch:
         files = {ctx.hostfile: hostfile_text(ctx.hosts, spec.procs_per_node)}
         program = program_argv(spec, ctx)
-        shim = rank_shim(ctx)
-        if shim or program[0] != ctx.python:
-            tail: tuple[str, ...] = ("--no_python", *shim, *program)
-        elif program[1] == "-m":
-            tail = ("--module", *program[2:])
+        if ctx.log_dir is None and program[0] == ctx.python:
+            # DeepSpeed runs `python -u SCRIPT --local_rank=N ARGS` itself.
+            is_module = program[1] == "-m"
+            tail = ("--module", *program[2:]) if is_module else program[1:]
         else:
-            tail = program[1:]
+            # Through the rank shim, which takes --local_rank and puts it back after the
+            # script: DeepSpeed puts it right after the module it starts.
+            script_end = 3 if program[:2] == (ctx.python, "-m") else (
+                2 if program[0] == ctx.python else 1)
+            tail = ("--module", "corral.runtime.rankshim", "--at", str(script_end), *program)
         argv = (
             ctx.python, "-m", "deepspeed.launcher.launch",
             f"--world_info={world_info(ctx.hosts, spec.procs_per_node)}",
