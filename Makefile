@@ -24,8 +24,8 @@ system-deps:
 		openmpi-bin libopenmpi-dev
 
 demo: $(VENV)/.installed
-	$(BIN)/corral run --nodes 2 --procs-per-node 1 --launcher torchrun \
-		examples/mingpt/train.py -- --steps 200
+	$(BIN)/corral run --name mingpt --nodes 2 --procs-per-node 1 --launcher torchrun \
+		examples/mingpt/train.py -- --steps 200 --no-resume
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check src tests bench examples

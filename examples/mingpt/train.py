@@ -32,20 +32,44 @@ KEEP_CHECKPOINTS = 3
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=200, help="total optimizer steps to reach (default 200)")
-    p.add_argument("--batch-size", type=int, default=16, help="sequences per rank per step (default 16)")
-    p.add_argument("--block-size", type=int, default=64, help="context length in characters (default 64)")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--steps", type=int, default=200, help="total optimizer steps to reach (default 200)"
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=16, help="sequences per rank per step (default 16)"
+    )
+    p.add_argument(
+        "--block-size", type=int, default=64, help="context length in characters (default 64)"
+    )
     p.add_argument("--n-layer", type=int, default=2)
     p.add_argument("--n-head", type=int, default=4)
     p.add_argument("--n-embd", type=int, default=96)
     p.add_argument("--dropout", type=float, default=0.0)
+    p.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="auto (default): CUDA + nccl when each local rank can have a GPU, else CPU + gloo",
+    )
     p.add_argument("--lr", type=float, default=3e-3, help="peak AdamW learning rate (default 3e-3)")
     p.add_argument("--warmup", type=int, default=10, help="linear warmup steps (default 10)")
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--grad-clip", type=float, default=1.0)
-    p.add_argument("--eval-every", type=int, default=25, help="eval + checkpoint interval in steps (default 25)")
-    p.add_argument("--eval-iters", type=int, default=4, help="batches per rank per split for an eval (default 4)")
+    p.add_argument(
+        "--eval-every",
+        type=int,
+        default=25,
+        help="eval + checkpoint interval in steps (default 25)",
+    )
+    p.add_argument(
+        "--eval-iters",
+        type=int,
+        default=4,
+        help="batches per rank per split for an eval (default 4)",
+    )
     p.add_argument(
         "--checkpoint-dir",
         type=Path,
@@ -58,14 +82,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=True,
         help="resume from the latest checkpoint in --checkpoint-dir if there is one (default on)",
     )
-    p.add_argument("--seed", type=int, default=1337, help="base seed; rank r samples batches with seed + r")
+    p.add_argument(
+        "--seed", type=int, default=1337, help="base seed; rank r samples batches with seed + r"
+    )
     p.add_argument(
         "--data",
         type=Path,
         default=HERE / "data" / "devils_dictionary.txt",
         help="UTF-8 text file to train on (default: the shipped public-domain text)",
     )
-    p.add_argument("--sample", type=int, default=0, help="rank 0 prints this many generated characters at the end")
+    p.add_argument(
+        "--sample",
+        type=int,
+        default=0,
+        help="rank 0 prints this many generated characters at the end",
+    )
     args = p.parse_args(argv)
     if args.steps < 0 or args.eval_every < 1 or args.eval_iters < 1 or args.batch_size < 1:
         p.error("--steps must be >= 0; --eval-every, --eval-iters and --batch-size must be >= 1")
@@ -78,12 +109,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 class Dist:
     """Rank/world info, with no-op collectives when running as one process."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: str = "auto") -> None:
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         self.enabled = self.world_size > 1
-        if torch.cuda.is_available():
+        if device == "auto":
+            # NCCL needs one GPU per rank on a node; with fewer, train on the CPU.
+            enough = torch.cuda.is_available() and torch.cuda.device_count() >= local_world
+            device = "cuda" if enough else "cpu"
+        if device == "cuda":
+            if not torch.cuda.is_available():
+                raise SystemExit("--device cuda: CUDA is not available")
             self.device = torch.device("cuda", self.local_rank % torch.cuda.device_count())
             torch.cuda.set_device(self.device)
             backend = "nccl"
@@ -186,7 +224,7 @@ def save_checkpoint(ckpt_dir: Path, state: dict) -> Path:
 
 @torch.no_grad()
 def estimate_loss(model, splits: dict, args, d: Dist) -> dict[str, float]:
-    """Mean loss over a fixed set of batches per rank (the same ones at every eval), averaged over ranks."""
+    """Mean loss on fixed batches (the same at every eval) per rank, averaged over ranks."""
     model.eval()
     out = {}
     for name, data in splits.items():
@@ -209,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.environ.get("OMP_NUM_THREADS"):
         torch.set_num_threads(max(1, int(os.environ["OMP_NUM_THREADS"])))
 
-    d = Dist()
+    d = Dist(args.device)
     t0 = time.perf_counter()
     ids, chars = load_text(args.data)
     n_val = max(len(ids) // 10, args.block_size + 2)
@@ -228,7 +266,10 @@ def main(argv: list[str] | None = None) -> int:
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        [
+            {"params": decay, "weight_decay": args.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
         lr=args.lr,
         betas=(0.9, 0.99),
     )
@@ -241,11 +282,21 @@ def main(argv: list[str] | None = None) -> int:
         path = latest_checkpoint(args.checkpoint_dir)
         if path is not None:
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    elif not args.resume and d.is_main and args.checkpoint_dir.is_dir():
+        # Starting over: drop the old run's checkpoints so that a later resume cannot
+        # pick one of them up, and pruning does not delete the new ones.
+        for old in args.checkpoint_dir.iterdir():
+            if CKPT_RE.match(old.name):
+                old.unlink(missing_ok=True)
     ckpt = d.broadcast(ckpt)
     if ckpt is not None:
         if ckpt["config"] != cfg.to_dict() or ckpt["vocab"] != chars:
-            log(d, f"error: checkpoint in {args.checkpoint_dir} was made with model config {ckpt['config']} "
-                   f"(or another --data); pass the same options, use --no-resume, or another --checkpoint-dir")
+            log(
+                d,
+                f"error: the checkpoint in {args.checkpoint_dir} has model config "
+                f"{ckpt['config']} (or was made from another --data); pass the same "
+                "options, --no-resume, or another --checkpoint-dir",
+            )
             d.close()
             return 2
         model.load_state_dict(ckpt["model"])
@@ -254,10 +305,17 @@ def main(argv: list[str] | None = None) -> int:
         log(d, f"resumed from step {start_step}")
         del ckpt
 
-    log(d, f"world_size {d.world_size} device {d.device.type} params {model.num_params():,} "
-           f"vocab {len(chars)} train_chars {len(splits['train']):,} steps {start_step}->{args.steps}")
+    log(
+        d,
+        f"world_size {d.world_size} device {d.device.type} params {model.num_params():,} "
+        f"vocab {len(chars)} train_chars {len(splits['train']):,} steps {start_step}->{args.steps}",
+    )
 
-    ddp_model = DDP(model, device_ids=[d.device.index] if d.device.type == "cuda" else None) if d.enabled else model
+    ddp_model = (
+        DDP(model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+        if d.enabled
+        else model
+    )
 
     # Rank r draws batches from seed + r; the stream is offset by the start step so a
     # resumed run does not replay the batches it already trained on.
@@ -304,8 +362,14 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.sample > 0 and d.is_main:
         prompt = torch.tensor([[chars.index("\n")]] if "\n" in chars else [[0]], device=d.device)
-        out = generate(model, prompt, args.sample, temperature=0.8, top_k=20,
-                       generator=torch.Generator(device=d.device).manual_seed(args.seed))
+        out = generate(
+            model,
+            prompt,
+            args.sample,
+            temperature=0.8,
+            top_k=20,
+            generator=torch.Generator(device=d.device).manual_seed(args.seed),
+        )
         print("".join(chars[i] for i in out[0].tolist()), flush=True)
 
     d.close()
