@@ -6,8 +6,9 @@ shared filesystem) shows logs the same way: ``[n1 r3] line``.
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,22 +41,38 @@ class _Cursor:
     partial: bytes = b""
 
 
+def _read_local(path: str, offset: int) -> bytes:
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        return handle.read()
+
+
 @dataclass
 class LogFollower:
-    """Reads new complete lines from every log file in a directory, in small polls."""
+    """Reads new complete lines from every log file in a directory, in small polls.
+
+    ``reader`` and ``lister`` reach the directory (this machine's filesystem by default; a
+    backend may read through ssh instead).
+    """
 
     log_dir: Path
     rank: int | None = None  # follow only this rank (and no node logs)
+    reader: Callable[[str, int], bytes] = _read_local
+    lister: Callable[[], list[str]] | None = None
     cursors: dict[LogSource, _Cursor] = field(default_factory=dict)
+
+    def _names(self) -> list[str]:
+        if self.lister is not None:
+            return self.lister()
+        try:
+            return os.listdir(self.log_dir)
+        except FileNotFoundError:
+            return []
 
     def _sources(self) -> list[LogSource]:
         if self.rank is not None:
             return [LogSource("rank", self.rank)]
-        try:
-            names = [p.name for p in self.log_dir.iterdir()]
-        except FileNotFoundError:
-            return []
-        found = (LogSource.from_filename(n) for n in names)
+        found = (LogSource.from_filename(n) for n in self._names())
         return sorted(s for s in found if s is not None)
 
     def poll(self, final: bool = False) -> Iterator[tuple[LogSource, str]]:
@@ -63,9 +80,7 @@ class LogFollower:
         for source in self._sources():
             cursor = self.cursors.setdefault(source, _Cursor())
             try:
-                with open(self.log_dir / source.filename, "rb") as handle:
-                    handle.seek(cursor.offset)
-                    data = handle.read()
+                data = self.reader(str(self.log_dir / source.filename), cursor.offset)
             except FileNotFoundError:
                 continue
             if not data and not (final and cursor.partial):

@@ -7,18 +7,17 @@ import time
 
 import click
 
-from corral.backends import get_backend
+from corral.backends import backend_for_job
 from corral.backends.base import Backend
 from corral.console import LinePrinter
-from corral.rundir import RunDir
+from corral.rundir import RunDir, iter_run_dirs
 from corral.spec import JobState
 from corral.status import JobStatus
 
 
 def backend_of(job_id: str) -> Backend:
     """The backend a job was submitted to, from corral's record of it."""
-    record = RunDir.find(job_id).read_json("job.json")
-    return get_backend(record.get("backend", "local"))
+    return backend_for_job(RunDir.find(job_id).read_json("job.json"))
 
 
 def _age(status: JobStatus) -> str:
@@ -32,15 +31,22 @@ def _age(status: JobStatus) -> str:
 
 
 @click.command("ps")
-@click.option("--backend", default="local", show_default=True)
+@click.option("--backend", help="Only jobs of this backend (default: every backend).")
 @click.option("-a", "--all", "show_all", is_flag=True, help="Include finished jobs.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def ps_command(backend: str, show_all: bool, as_json: bool) -> int:
-    """List jobs (running ones; -a for all)."""
+def ps_command(backend: str | None, show_all: bool, as_json: bool) -> int:
+    """List jobs (running ones; -a for all), newest first."""
     from rich.console import Console
     from rich.table import Table
 
-    jobs = [s for s in get_backend(backend).list() if show_all or not s.state.is_terminal()]
+    jobs = []
+    for run in iter_run_dirs():
+        record = run.read_json("job.json")
+        if backend and record.get("backend", "local") != backend:
+            continue
+        status = backend_for_job(record).describe(run.job_id)
+        if show_all or not status.state.is_terminal():
+            jobs.append(status)
     if as_json:
         click.echo(json.dumps([s.to_json() for s in jobs], indent=1))
         return 0

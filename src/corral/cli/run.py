@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from typing import Any
 
 import click
 
-from corral.backends import get_backend
+from corral.backends import OPTIONS, backend_options, get_backend
 from corral.console import LinePrinter
 from corral.errors import SpecError
 from corral.jobfile import entrypoint_fields, read_job_file
@@ -23,6 +24,31 @@ def parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
             raise SpecError([("env", pair, "write each variable as KEY=VALUE")])
         env[key] = value
     return env
+
+
+def _option_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
+    """``-o partition=gpu -o extra_sbatch=--mail-type=END -o exclusive=true``."""
+    values: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise SpecError([("option", pair, "write each backend option as KEY=VALUE")])
+        value = _option_value(raw)
+        if key in values:
+            previous = values[key]
+            values[key] = [*previous, value] if isinstance(previous, list) else [previous, value]
+        elif key in ("extra_sbatch", "container_mounts"):
+            values[key] = [value]
+        else:
+            values[key] = value
+    return values
 
 
 def entry_from_command(command: tuple[str, ...], module: str | None) -> dict[str, Any]:
@@ -43,6 +69,8 @@ def entry_from_command(command: tuple[str, ...], module: str | None) -> dict[str
 @click.command("run", context_settings={"ignore_unknown_options": True,
                                         "allow_interspersed_args": False})
 @click.option("--backend", default="local", show_default=True, help="Where to run.")
+@click.option("-o", "--option", "option_pairs", multiple=True, metavar="KEY=VALUE",
+              help="A backend option, e.g. -o partition=gpu (repeat for lists).")
 @click.option("-f", "--file", "job_file", type=click.Path(dir_okay=False),
               help="A YAML/TOML job file; flags given here override its fields.")
 @click.option("--name", help="Job name (default: the script or command name).")
@@ -62,8 +90,8 @@ def entry_from_command(command: tuple[str, ...], module: str | None) -> dict[str
 @click.option("--detach", is_flag=True, help="Submit, print the job id, return at once.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def run_command(
-    backend: str, job_file: str | None, name: str | None, nodes: int | None,
-    procs_per_node: int | None, launcher: str | None, env_pairs: tuple[str, ...],
+    backend: str, option_pairs: tuple[str, ...], job_file: str | None, name: str | None,
+    nodes: int | None, procs_per_node: int | None, launcher: str | None, env_pairs: tuple[str, ...],
     time_limit: str | None, max_restarts: int | None, cpus: float | None,
     memory: str | None, gpus: int | None, workdir: str | None, module: str | None,
     no_fork: bool, dry_run: bool, detach: bool, command: tuple[str, ...],
@@ -100,12 +128,11 @@ def run_command(
     if "name" not in fields:
         fields["name"] = _default_name(fields["entrypoint"])
     spec = JobSpec(**fields)
-    options: dict[str, Any] = {}
+    values = parse_options(option_pairs)
     if no_fork:
-        from corral.backends.local.render import LocalOptions
-
-        options["options"] = LocalOptions(fork=False)
-    engine = get_backend(backend, **options)
+        values["fork"] = False
+    engine = get_backend(backend, options=backend_options(backend, values)) if (
+        backend in OPTIONS) else get_backend(backend)
     plan = engine.render(spec)
     if dry_run:
         click.echo(plan.dry_run_text(), nl=False)
@@ -114,10 +141,9 @@ def run_command(
         ref = engine.submit(spec, plan)
         click.echo(ref.job_id)
         return 0
-    runner = engine.run
     click.echo(f"corral: job {plan.job_id} on {backend}: {spec.nodes} node(s) x "
                f"{spec.procs_per_node} rank(s)", err=True)
-    status = runner(spec, sink=LinePrinter(spec.procs_per_node), plan=plan)
+    status = engine.run(spec, sink=LinePrinter(spec.procs_per_node), plan=plan)
     text = status.summary()
     if sys.stderr.isatty():
         text = click.style(text, fg="green" if status.state is JobState.SUCCEEDED else "red")

@@ -37,6 +37,11 @@ class NodeContext:
     backend: str
     python: str = "python3"
     log_dir: str | None = None  # when set, ranks append output to log_dir/rank-<RANK>.log
+    # Backends that start one command on every node (srun) know some values only at run
+    # time; they pass references (see corral.shell.ref) that render as "${VAR}".
+    node_rank_ref: str | None = None
+    master_addr_ref: str | None = None
+    master_port_ref: str | None = None
 
     @property
     def num_nodes(self) -> int:
@@ -44,7 +49,15 @@ class NodeContext:
 
     @property
     def master_addr(self) -> str:
-        return self.hosts[0]
+        return self.master_addr_ref or self.hosts[0]
+
+    @property
+    def node_rank_text(self) -> str:
+        return self.node_rank_ref or str(self.node_rank)
+
+    @property
+    def master_port_text(self) -> str:
+        return self.master_port_ref or str(self.master_port)
 
     @property
     def hostfile(self) -> str:
@@ -111,9 +124,9 @@ def job_env(spec: JobSpec, ctx: NodeContext) -> dict[str, str]:
         "CORRAL_NUM_NODES": str(ctx.num_nodes),
         "CORRAL_HOSTS": ",".join(ctx.hosts),
         "CORRAL_HOSTFILE": ctx.hostfile,
-        "NODE_RANK": str(ctx.node_rank),
+        "NODE_RANK": ctx.node_rank_text,
         "MASTER_ADDR": ctx.master_addr,
-        "MASTER_PORT": str(ctx.master_port),
+        "MASTER_PORT": ctx.master_port_text,
         "WORLD_SIZE": str(spec.world_size),
         "LOCAL_WORLD_SIZE": str(spec.procs_per_node),
         "PYTHONUNBUFFERED": "1",

@@ -48,9 +48,9 @@ class DeepspeedLauncher:
         argv = (
             ctx.python, "-m", "deepspeed.launcher.launch",
             f"--world_info={world_info(ctx.hosts, spec.procs_per_node)}",
-            f"--node_rank={ctx.node_rank}",
+            f"--node_rank={ctx.node_rank_text}",
             f"--master_addr={ctx.master_addr}",
-            f"--master_port={ctx.master_port}",
+            f"--master_port={ctx.master_port_text}",
             *spec.launcher_args,
             *tail,
         )

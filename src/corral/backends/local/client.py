@@ -262,4 +262,5 @@ class LocalBackend(Backend):
         return status
 
     def list(self) -> list[JobStatus]:
-        return [self.describe(run.job_id) for run in iter_run_dirs(self.root)]
+        return [self.describe(run.job_id) for run in iter_run_dirs(self.root)
+                if run.read_json("job.json").get("backend", self.name) == self.name]

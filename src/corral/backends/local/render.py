@@ -28,6 +28,17 @@ class LocalOptions:
     fork: bool = True  # preload once per node and fork ranks where that is safe
     grace_seconds: float = 1.0  # SIGTERM -> SIGKILL delay when stopping ranks
 
+    def __post_init__(self) -> None:
+        from corral.errors import SpecError
+
+        if not isinstance(self.fork, bool):
+            raise SpecError([("local.fork", self.fork, "accepted: true or false")])
+        if isinstance(self.grace_seconds, bool) or not isinstance(
+            self.grace_seconds, int | float
+        ) or self.grace_seconds < 0:
+            raise SpecError([("local.grace_seconds", self.grace_seconds,
+                              "accepted: a number of seconds >= 0")])
+
 
 @dataclass(frozen=True)
 class Machine:

@@ -1,0 +1,97 @@
+"""Typed Slurm options. Unknown keys and bad values are errors that say what is accepted."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from corral.errors import SpecError
+
+_NAME = r"^[A-Za-z0-9_.+-]+$"
+_ARRAY = re.compile(r"^\d+(-\d+(:\d+)?)?(,\d+(-\d+(:\d+)?)?)*(%\d+)?$")
+_DEPENDENCY = re.compile(
+    r"^(singleton|((after|afterany|afterok|afternotok|aftercorr|afterburstbuffer)"
+    r"(:\d+(\+\d+)?)+)([,?]((after|afterany|afterok|afternotok|aftercorr)(:\d+(\+\d+)?)+))*)$"
+)
+
+
+class SlurmOptions(BaseModel):
+    """What a platform engineer sets once (in a profile) and researchers never see."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    partition: str | None = Field(default=None, pattern=_NAME)
+    account: str | None = Field(default=None, pattern=_NAME)
+    qos: str | None = Field(default=None, pattern=_NAME)
+    reservation: str | None = Field(default=None, pattern=_NAME)
+    constraint: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.&|\[\]*()!,:-]+$")
+    gpus_per_node: int | None = Field(default=None, ge=0)
+    gres: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_:,.-]+$")
+    cpus_per_task: int | None = Field(default=None, ge=1)
+    exclusive: bool = False
+    array: str | None = None
+    dependency: str | None = None
+    extra_sbatch: tuple[str, ...] = ()
+    container: Literal["none", "pyxis", "apptainer"] = "none"
+    container_mounts: tuple[str, ...] = ()
+    mpi_mode: Literal["srun", "mpirun"] = "srun"
+    srun_mpi: str = Field(default="pmix", pattern=_NAME)
+    python: str | None = None  # interpreter on the cluster; default: this one (shared FS)
+    run_root: str | None = None  # shared-filesystem folder for run dirs (default CORRAL_HOME)
+    snapshot: bool = True  # copy the working directory into the run dir at submit
+    ssh: str | None = None  # submit through this login host ([user@]host)
+    ssh_config: str | None = None
+    poll_seconds: float = Field(default=0.2, gt=0)
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise _options_error(exc) from None
+
+    @field_validator("array")
+    @classmethod
+    def _array(cls, value: str | None) -> str | None:
+        if value is not None and not _ARRAY.match(value):
+            raise ValueError("accepted: '0-3', '1,3,5', '0-15:4', '0-99%10'")
+        return value
+
+    @field_validator("dependency")
+    @classmethod
+    def _dependency(cls, value: str | None) -> str | None:
+        if value is not None and not _DEPENDENCY.match(value):
+            raise ValueError("accepted: 'afterok:123', 'afterany:12:13', 'singleton', ...")
+        return value
+
+    @field_validator("extra_sbatch")
+    @classmethod
+    def _extra(cls, lines: tuple[str, ...]) -> tuple[str, ...]:
+        for line in lines:
+            if "\n" in line or "\r" in line or not line.startswith("--"):
+                raise ValueError(
+                    f"{line!r}: give one option per item, like '--mail-type=END', no newlines"
+                )
+        return lines
+
+
+def _options_error(exc: ValidationError) -> SpecError:
+    problems = []
+    for error in exc.errors(include_url=False):
+        field = "slurm." + ".".join(str(p) for p in error["loc"])
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown option; accepted: " + ", ".join(sorted(SlurmOptions.model_fields))
+        problems.append((field, error.get("input"), message))
+    return SpecError(problems)
+
+
+def slurm_time(seconds: float) -> str:
+    """Slurm's ``--time``: whole minutes rounded up, as D-HH:MM:SS."""
+    total = max(60, int(-(-seconds // 60)) * 60)
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{days}-{hours:02d}:{minutes:02d}:{secs:02d}" if days else (
+        f"{hours:02d}:{minutes:02d}:{secs:02d}")

@@ -1,0 +1,198 @@
+"""Render a job as one sbatch script. Pure: no cluster is asked anything.
+
+The script exports the job's variables, finds the first host of the allocation
+(``MASTER_ADDR``) and a per-job port, writes the hostfile, and starts the launcher:
+
+* ``torchrun`` / ``deepspeed``: ``srun`` one task per node, each running the launcher's
+  per-node command with its node rank taken from ``SLURM_NODEID``;
+* ``none`` and ``mpirun`` (``mpi_mode="srun"``): ``srun`` one task per rank (``--mpi=pmix``
+  for MPI), each deriving ``RANK``/``LOCAL_RANK``/``NODE_RANK`` from Slurm's task ids;
+* ``mpirun`` with ``mpi_mode="mpirun"``: Open MPI's ``mpirun`` inside the allocation.
+
+Every rank appends its output to ``<run dir>/logs/rank-<RANK>.log`` on the shared
+filesystem; each node's launcher output goes to ``logs/node-<N>.log``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from corral import shell
+from corral.errors import SpecError
+from corral.launchers import NodeContext, get_launcher
+from corral.launchers.base import SHIM_NAME, program_argv
+from corral.spec import JobSpec
+
+from .options import SlurmOptions, slurm_time
+
+NODE_ID = shell.ref("SLURM_NODEID")
+MASTER_ADDR = shell.ref("MASTER_ADDR")
+MASTER_PORT = shell.ref("MASTER_PORT")
+LOG_DIR = shell.ref("CORRAL_LOG_DIR")
+PORT_BASE = 20000  # MASTER_PORT = PORT_BASE + job id % PORT_SPAN: distinct for running jobs
+PORT_SPAN = 20000
+
+_RANK_FROM_SLURM = (
+    'export RANK="$SLURM_PROCID" LOCAL_RANK="$SLURM_LOCALID" NODE_RANK="$SLURM_NODEID" '
+    'GROUP_RANK="$SLURM_NODEID"; exec >>"$CORRAL_LOG_DIR/rank-$RANK.log" 2>&1; exec "$@"'
+)
+_NODE_FROM_SLURM = 'export NODE_RANK="$SLURM_NODEID"; exec "$@"'
+
+
+@dataclass(frozen=True)
+class SlurmPlan:
+    job_id: str
+    run_dir: str
+    workdir: str  # on the submitting machine; snapshotted to code_dir at submit
+    code_dir: str
+    script: str
+    entry_rewrites: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def script_path(self) -> str:
+        return f"{self.run_dir}/job.sbatch"
+
+    def dry_run_text(self) -> str:
+        return (f"# sbatch --parsable {self.script_path}\n"
+                f"# code: {self.workdir} -> {self.code_dir}\n" + self.script)
+
+
+def job_name(name: str) -> str:
+    """Slurm's --job-name: printable, no spaces or quotes (the full name is in the env)."""
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", name).strip("_")[:100] or "job"
+
+
+def _sbatch_lines(spec: JobSpec, options: SlurmOptions, tasks_per_node: int,
+                  log_dir: str, code_dir: str) -> list[str]:
+    lines = [
+        f"--job-name={job_name(spec.name)}",
+        f"--nodes={spec.nodes}",
+        f"--ntasks-per-node={tasks_per_node}",
+        f"--output={log_dir}/batch-%j.log" if not options.array
+        else f"--output={log_dir}/batch-%A_%a.log",
+        f"--chdir={code_dir}",
+    ]
+    partition = options.partition or spec.queue
+    if partition:
+        lines.append(f"--partition={partition}")
+    for name in ("account", "qos", "reservation", "constraint", "array", "dependency", "gres"):
+        value = getattr(options, name)
+        if value:
+            lines.append(f"--{name}={value}")
+    if spec.time_limit:
+        lines.append(f"--time={slurm_time(spec.time_limit)}")
+    cpus = options.cpus_per_task
+    if cpus is None and spec.resources.cpus:
+        cpus = max(1, math.ceil(spec.resources.cpus / tasks_per_node))
+    if cpus:
+        lines.append(f"--cpus-per-task={cpus}")
+    if spec.resources.memory_mb:
+        lines.append(f"--mem={spec.resources.memory_mb}M")
+    gpus = options.gpus_per_node if options.gpus_per_node is not None else spec.resources.gpus
+    if gpus and not options.gres:
+        lines.append(f"--gpus-per-node={gpus}")
+    if options.exclusive:
+        lines.append("--exclusive")
+    if spec.priority < 0:
+        lines.append(f"--nice={-spec.priority}")
+    lines.extend(options.extra_sbatch)
+    for line in lines:
+        if "\n" in line or "\r" in line:
+            raise SpecError([("slurm", line, "#SBATCH values must not contain newlines")])
+    return lines
+
+
+def _container(spec: JobSpec, options: SlurmOptions) -> tuple[list[str], list[str]]:
+    """(srun flags, command prefix) for the container runtime."""
+    if options.container == "none":
+        return [], []
+    if not spec.image:
+        raise SpecError([("image", None, f"container={options.container!r} needs an image")])
+    if options.container == "pyxis":
+        flags = [f"--container-image={spec.image}"]
+        if options.container_mounts:
+            flags.append("--container-mounts=" + ",".join(options.container_mounts))
+        return flags, []
+    prefix = ["apptainer", "exec"]
+    for mount in options.container_mounts:
+        prefix += ["--bind", mount]
+    return [], [*prefix, spec.image]
+
+
+def render(spec: JobSpec, *, job_id: str, run_dir: str, workdir: str,
+           options: SlurmOptions, python: str) -> SlurmPlan:
+    code_dir = f"{run_dir}/code" if options.snapshot else workdir
+    spec, rewrites = _entry_in_snapshot(spec, workdir, code_dir, options.snapshot)
+    per_node = spec.launcher in ("torchrun", "deepspeed")
+    in_allocation_mpirun = spec.launcher == "mpirun" and options.mpi_mode == "mpirun"
+    tasks_per_node = 1 if per_node else spec.procs_per_node
+    log_dir = f"{run_dir}/logs"
+    ctx = NodeContext(
+        node_rank=0, hosts=tuple(f"node{i}" for i in range(spec.nodes)), master_port=0,
+        rdzv_id=job_id, run_dir=run_dir, job_id=job_id, backend="slurm", python=python,
+        log_dir=LOG_DIR, node_rank_ref=NODE_ID, master_addr_ref=MASTER_ADDR,
+        master_port_ref=MASTER_PORT,
+    )
+    launch = get_launcher("none" if spec.launcher == "mpirun" and not in_allocation_mpirun
+                          else spec.launcher).render_node(spec, ctx)
+    env: dict[str, Any] = dict(launch.processes[0].env) if launch.processes else {}
+    for runtime in ("RANK", "LOCAL_RANK", "GROUP_RANK", "NODE_RANK", "MASTER_ADDR",
+                    "MASTER_PORT", "CORRAL_HOSTS", "CORRAL_LOG_DIR"):
+        env.pop(runtime, None)
+    env["CORRAL_BACKEND"] = "slurm"
+
+    out = ["#!/bin/bash", f"# corral job {job_id}: rendered by corral, submitted as is"]
+    out += [f"#SBATCH {line}" for line in _sbatch_lines(spec, options, tasks_per_node,
+                                                          log_dir, code_dir)]
+    out += ["set -eu", ""]
+    out += [f"export {key}={shell.quote(str(value))}" for key, value in env.items()]
+    out += [
+        f"export CORRAL_LOG_DIR={shell.quote(log_dir)}"
+        '"${SLURM_ARRAY_TASK_ID:+/array-$SLURM_ARRAY_TASK_ID}"',
+        'mkdir -p "$CORRAL_LOG_DIR"',
+        'hosts=$(scontrol show hostnames "$SLURM_JOB_NODELIST")',
+        'export MASTER_ADDR=$(printf "%s\\n" $hosts | head -n 1)',
+        f"export MASTER_PORT=$(( {PORT_BASE} + SLURM_JOB_ID % {PORT_SPAN} ))",
+        'export CORRAL_HOSTS=$(printf "%s\\n" $hosts | paste -sd, -)',
+        'export CORRAL_HOSTFILE="$CORRAL_LOG_DIR/hostfile"',
+        f'printf "%s slots={spec.procs_per_node}\\n" $hosts > "$CORRAL_HOSTFILE"',
+        "",
+    ]
+    srun_flags, prefix = _container(spec, options)
+    srun = ["srun", "--kill-on-bad-exit=1", f"--ntasks-per-node={tasks_per_node}",
+            f"--output={LOG_DIR}/node-%n.log", *srun_flags]
+    if in_allocation_mpirun:
+        (proc,) = launch.processes
+        argv = [a.replace(ctx.hostfile, "\x00CORRAL_HOSTFILE\x00") for a in proc.argv]
+        out.append(shell.join([*prefix, *argv]) + ' >>"$CORRAL_LOG_DIR/node-0.log" 2>&1')
+    elif per_node:
+        (proc,) = launch.processes
+        node_cmd = shell.join(proc.argv)
+        out.append(shell.join([*srun, *prefix, "sh", "-c",
+                               _NODE_FROM_SLURM.replace('"$@"', node_cmd), "corral-node"]))
+    else:
+        if spec.launcher == "mpirun":
+            srun.append(f"--mpi={options.srun_mpi}")
+        program = program_argv(spec, ctx)
+        out.append(shell.join([*srun, *prefix, "sh", "-c", _RANK_FROM_SLURM, SHIM_NAME,
+                               *program]))
+    return SlurmPlan(job_id=job_id, run_dir=run_dir, workdir=workdir, code_dir=code_dir,
+                     script="\n".join(out) + "\n", entry_rewrites=rewrites)
+
+
+def _entry_in_snapshot(spec: JobSpec, workdir: str, code_dir: str,
+                       snapshot: bool) -> tuple[JobSpec, dict[str, str]]:
+    """A script given by an absolute path inside the working directory runs from the copy."""
+    from corral.spec import Script
+
+    entry = spec.entrypoint
+    if not snapshot or not isinstance(entry, Script) or not entry.path.startswith("/"):
+        return spec, {}
+    prefix = workdir.rstrip("/") + "/"
+    if not entry.path.startswith(prefix):
+        return spec, {}
+    moved = code_dir + "/" + entry.path[len(prefix):]
+    return spec.replace(entrypoint=Script(path=moved)), {entry.path: moved}

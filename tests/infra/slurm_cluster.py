@@ -1,0 +1,500 @@
+"""A real multi-node Slurm cluster for tests, made of Linux network namespaces on one machine.
+
+Layout (nothing routes off the machine; ip_forward is left alone and no namespace has a
+default route)::
+
+    host netns    corral-br0 10.77.0.1/24    clients: sbatch/squeue/scontrol/scancel/sacct -c/srun
+      |- netns corral-ctl    eth0 10.77.0.10  hostname "controller": slurmctld, sshd on :22
+      |- netns corral-node1  eth0 10.77.0.11  hostname "node1": slurmd
+      |- netns corral-node2  eth0 10.77.0.12  hostname "node2": slurmd
+      '- netns corral-node3  eth0 10.77.0.13  hostname "node3": slurmd
+
+Each daemon runs under ``nsenter --net=/run/netns/NAME unshare --uts --mount`` (not
+``ip netns exec``, which remounts /sys and breaks slurmd 22.05). Inside its private mount
+namespace the state dir's ``hosts`` file is bind-mounted on /etc/hosts (so torchrun can resolve
+node names) and ``<state>/etc`` on /etc/slurm (so sbatch/srun find slurm.conf without
+SLURM_CONF). The host's own /etc is never changed. All namespaces share the file system and the
+PID namespace, and one munged on the default socket serves them all.
+
+State dir (default /tmp/corral-slurm)::
+
+    etc/slurm.conf  hosts  jobcomp.txt (read by ``sacct -c``)
+    pids/NAME.pid   "PID COMM" of every daemon this module started; ``down`` stops exactly those
+    log/  spool/node*/  ctld/  tmp_node*/ (TmpFS per node, PMIx needs it)
+    ssh/  id_ed25519{,.pub} host_ed25519 authorized_keys sshd_config ssh_config
+
+CLI: ``python tests/infra/slurm_cluster.py up|down|status [--state-dir DIR] [--install]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+DEFAULT_STATE_DIR = Path("/tmp/corral-slurm")
+BRIDGE = "corral-br0"
+SUBNET = "10.77.0"
+HOST_ADDR = f"{SUBNET}.1"
+CONTROLLER = "controller"
+CONTROLLER_NS = "corral-ctl"
+MUNGE_SOCKET = Path("/run/munge/munge.socket.2")
+APT_PACKAGES = [
+    "slurmctld",
+    "slurmd",
+    "slurm-client",
+    "munge",
+    "openmpi-bin",
+    "libopenmpi-dev",
+    "openssh-server",
+    "openssh-client",
+    "rsync",
+]
+SBIN = "/usr/sbin/"
+MUNGED_ARGV = ["setpriv", "--reuid=munge", "--regid=munge", "--init-groups", SBIN + "munged", "-F"]
+REQUIRED_BINARIES = ["slurmctld", "slurmd", "sbatch", "munged", "sshd", "ssh-keygen", "mpirun"]
+
+
+def _run(*argv: str, check: bool = True, env: dict[str, str] | None = None) -> str:
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"{shlex.join(argv)} failed ({proc.returncode}): {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def _alive(pid: int) -> bool:
+    """True while the process runs (a zombie counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError, ProcessLookupError):
+        return False
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def install_packages() -> None:
+    """apt-get install whatever the cluster needs, if any binary is missing."""
+    if all(shutil.which(b) or Path(f"/usr/sbin/{b}").exists() for b in REQUIRED_BINARIES):
+        return
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    _run("apt-get", "update", "-q", env=env)
+    _run("apt-get", "install", "-y", "-q", "--no-install-recommends", *APT_PACKAGES, env=env)
+
+
+class SlurmCluster:
+    """slurmctld + sshd in one namespace, one slurmd per compute-node namespace."""
+
+    def __init__(self, state_dir: Path, nodes: int = 3, cpus_per_node: int = 2) -> None:
+        if not 1 <= nodes <= 99:
+            raise ValueError("nodes must be between 1 and 99")
+        self.state_dir = Path(state_dir).resolve()
+        self.cpus_per_node = cpus_per_node
+        self.node_names: list[str] = [f"node{i}" for i in range(1, nodes + 1)]
+        self.controller_addr = f"{SUBNET}.10"
+        self.ssh_target = f"root@{self.controller_addr}"
+        self.conf = self.state_dir / "etc" / "slurm.conf"
+        self.hosts_file = self.state_dir / "hosts"
+        self.ssh_dir = self.state_dir / "ssh"
+        self.ssh_config = self.ssh_dir / "ssh_config"
+        self.pid_dir = self.state_dir / "pids"
+        self.log_dir = self.state_dir / "log"
+
+    # ----------------------------------------------------------------- public API
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment a client on the host needs (merge into os.environ)."""
+        return {"SLURM_CONF": str(self.conf)}
+
+    def node_addr(self, name: str) -> str:
+        return f"{SUBNET}.{11 + self.node_names.index(name)}"
+
+    def up(self) -> None:
+        """Bring the cluster up; reuse it when it is already up and every node is idle."""
+        if self.healthy(settle=10):
+            return
+        self.down()
+        for sub in ("ctld", "spool", "run", *(f"tmp_{n}" for n in self.node_names)):
+            shutil.rmtree(self.state_dir / sub, ignore_errors=True)
+        for sub in ("etc", "ctld", "run", "pids", "log", "ssh"):
+            (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
+        for name in self.node_names:
+            (self.state_dir / "spool" / name).mkdir(parents=True)
+            (self.state_dir / f"tmp_{name}").mkdir()
+        (self.state_dir / "jobcomp.txt").write_text("")
+        self._write_configs()
+        self._ensure_munged()
+        self._make_network()
+        conf = str(self.conf)
+        sshd_config = str(self.ssh_dir / "sshd_config")
+        self._spawn("slurmctld", CONTROLLER_NS, CONTROLLER, [SBIN + "slurmctld", "-D", "-f", conf])
+        self._spawn(
+            "sshd", CONTROLLER_NS, CONTROLLER, [SBIN + "sshd", "-D", "-e", "-f", sshd_config]
+        )
+        self._wait(self._controller_up, 10, "slurmctld did not answer `scontrol ping`")
+        for name in self.node_names:
+            argv = [SBIN + "slurmd", "-D", "-N", name, "-f", conf]
+            self._spawn(f"slurmd-{name}", f"corral-{name}", name, argv)
+        self.wait_idle()
+
+    def down(self) -> None:
+        """Stop every daemon started here (by PID), then whatever still runs in our namespaces
+        (slurmstepd, job tasks, ssh sessions), delete the namespaces (their /run/netns bind
+        mounts), veths and bridge; munged last, and only if this module started it."""
+        daemons = self._daemon_pids()
+        munged = daemons.pop("munged", None)
+        if "slurmctld" in daemons and self.conf.exists():
+            self._slurm("scancel", "--user=root", check=False)
+        for name, (pid, comm) in daemons.items():
+            self._stop(pid, comm)
+            (self.pid_dir / f"{name}.pid").unlink()
+        netns_file = self.state_dir / "netns"
+        recorded = netns_file.read_text().split() if netns_file.exists() else []
+        namespaces = list(dict.fromkeys([*recorded, *self._namespaces()]))
+        present = set(_run("ip", "netns", "list", check=False).split())
+        for pid in self._pids_in_namespaces([ns for ns in namespaces if ns in present]):
+            self._stop(pid, _comm(pid), grace=0.5)
+        for ns in namespaces:
+            if ns in present:
+                _run("ip", "netns", "delete", ns, check=False)
+            if Path(f"/sys/class/net/{self._veth(ns)}").exists():
+                _run("ip", "link", "delete", self._veth(ns), check=False)
+        if Path(f"/sys/class/net/{BRIDGE}").exists():
+            _run("ip", "link", "delete", BRIDGE, check=False)
+        netns_file.unlink(missing_ok=True)
+        if munged:
+            self._stop(*munged)
+            (self.pid_dir / "munged.pid").unlink()
+
+    def status(self) -> str:
+        lines = []
+        for name, (pid, comm) in self._daemon_pids().items():
+            state = "running" if _alive(pid) and _comm(pid) == comm else "GONE"
+            lines.append(f"{name:16} pid {pid:<8} {state} ({comm})")
+        if not lines:
+            return "down (no daemons recorded)"
+        sinfo = self._slurm("sinfo", "-N", "-o", "%N %P %T %C", check=False)
+        return "\n".join([*lines, "", sinfo.strip() or "(sinfo gave nothing)"])
+
+    def healthy(self, settle: float = 0) -> bool:
+        """Every daemon alive and, within `settle` s, every node idle."""
+        pids = self._daemon_pids()
+        wanted = {"slurmctld", "sshd", *(f"slurmd-{n}" for n in self.node_names)}
+        if not self.conf.exists() or not wanted <= pids.keys():
+            return False
+        if not all(_alive(pid) and _comm(pid) == comm for pid, comm in pids.values()):
+            return False
+        if not MUNGE_SOCKET.exists():
+            return False
+        try:
+            self.wait_idle(settle)
+        except TimeoutError:
+            return False
+        return True
+
+    def wait_idle(self, timeout: float = 30) -> None:
+        """Wait until sinfo shows every node idle."""
+        want = {n: "idle" for n in self.node_names}
+        self._wait(
+            lambda: self._node_states() == want,
+            timeout,
+            "nodes not idle",
+            lambda: repr(self._node_states()),
+        )
+
+    # ----------------------------------------------------------------- internals
+    def _slurm(self, *argv: str, check: bool = True) -> str:
+        return _run(*argv, check=check, env={**os.environ, **self.env})
+
+    def _controller_up(self) -> bool:
+        return " is UP" in self._slurm("scontrol", "ping", check=False)
+
+    def _node_states(self) -> dict[str, str]:
+        out = self._slurm("sinfo", "-h", "-N", "-p", "debug", "-o", "%N %T", check=False)
+        return dict(line.split(None, 1) for line in out.splitlines() if " " in line)
+
+    @staticmethod
+    def _wait(
+        ok: Callable[[], bool], timeout: float, what: str, detail: Callable[[], str] | None = None
+    ) -> None:
+        deadline = time.monotonic() + timeout
+        while not ok():
+            if time.monotonic() >= deadline:
+                extra = f": {detail()}" if detail else ""
+                raise TimeoutError(f"{what} after {timeout:.0f}s{extra}")
+            time.sleep(0.1)
+
+    def _daemon_pids(self) -> dict[str, tuple[int, str]]:
+        found = {}
+        for path in sorted(self.pid_dir.glob("*.pid")) if self.pid_dir.is_dir() else []:
+            try:
+                pid, comm = path.read_text().split()
+                found[path.stem] = (int(pid), comm)
+            except ValueError:
+                path.unlink()
+        return found
+
+    @staticmethod
+    def _stop(pid: int, comm: str, grace: float = 5.0) -> None:
+        """SIGTERM, then SIGKILL after `grace` s; only if the PID still runs `comm`."""
+        if not _alive(pid) or _comm(pid) != comm:
+            _reap(pid)
+            return
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 2.0)):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                return
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline:
+                _reap(pid)
+                if not _alive(pid):
+                    return
+                time.sleep(0.05)
+        raise RuntimeError(f"could not stop {comm} (pid {pid})")
+
+    @staticmethod
+    def _pids_in_namespaces(namespaces: list[str]) -> list[int]:
+        """PIDs of processes whose network namespace is one of ours (by nsfs inode)."""
+        inodes = set()
+        for ns in namespaces:
+            try:
+                inodes.add(os.stat(f"/run/netns/{ns}").st_ino)
+            except OSError:
+                continue
+        pids = []
+        for entry in os.listdir("/proc") if inodes else []:
+            if entry.isdigit() and int(entry) != os.getpid():
+                try:
+                    if os.stat(f"/proc/{entry}/ns/net").st_ino in inodes:
+                        pids.append(int(entry))
+                except OSError:
+                    continue
+        return pids
+
+    @staticmethod
+    def _veth(ns: str) -> str:
+        return "crv-" + ns.removeprefix("corral-")  # host end; at most 15 characters
+
+    def _namespaces(self) -> list[str]:
+        return [CONTROLLER_NS, *(f"corral-{n}" for n in self.node_names)]
+
+    def _make_network(self) -> None:
+        (self.state_dir / "netns").write_text("\n".join(self._namespaces()) + "\n")
+        _run("ip", "link", "add", BRIDGE, "type", "bridge")
+        _run("ip", "addr", "add", f"{HOST_ADDR}/24", "dev", BRIDGE)
+        _run("ip", "link", "set", BRIDGE, "up")
+        addrs = [self.controller_addr, *(self.node_addr(n) for n in self.node_names)]
+        for ns, addr in zip(self._namespaces(), addrs, strict=True):
+            veth = self._veth(ns)
+            _run("ip", "netns", "add", ns)
+            _run("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
+            _run("ip", "link", "set", veth, "master", BRIDGE, "up")
+            for cmd in (
+                ["addr", "add", f"{addr}/24", "dev", "eth0"],
+                ["link", "set", "eth0", "up"],
+                ["link", "set", "lo", "up"],
+            ):
+                _run("ip", "-n", ns, *cmd)
+
+    def _spawn(
+        self,
+        name: str,
+        netns: str | None,
+        hostname: str | None,
+        argv: list[str],
+        comm: str | None = None,
+    ) -> int:
+        """Start a daemon in the foreground mode of its own, detached (`exec setsid`), inside
+        `netns` with a private UTS + mount namespace; record "PID COMM" in pids/NAME.pid."""
+        log = self.log_dir / f"{name}.out"
+        daemon = f"exec setsid {shlex.join(argv)} </dev/null >>{shlex.quote(str(log))} 2>&1 &"
+        if netns is None:
+            cmd = ["sh", "-c", f"{daemon} echo $!"]
+        else:
+            setup = f"hostname {hostname} && mount --bind {self.hosts_file} /etc/hosts && "
+            if Path("/etc/slurm").is_dir():  # slurm.conf at its default path, too
+                setup += f"mount --bind {self.state_dir / 'etc'} /etc/slurm && "
+            script = f"{setup}{{ {daemon} }} && echo $!"
+            cmd = ["nsenter", f"--net=/run/netns/{netns}", "unshare", "--uts", "--mount"]
+            cmd += ["sh", "-c", script]
+        pid = int(_run(*cmd).strip())
+        comm = (comm or Path(argv[0]).name)[:15]
+        self._wait(lambda: _comm(pid) == comm or not _alive(pid), 5, f"{name} did not exec")
+        if not _alive(pid):
+            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+            raise RuntimeError(f"{name} exited at once; {log}:\n{tail}")
+        (self.pid_dir / f"{name}.pid").write_text(f"{pid} {comm}\n")
+        return pid
+
+    def _ensure_munged(self) -> None:
+        """Use a working munged on the default socket, or start one (and record it)."""
+        if MUNGE_SOCKET.exists() and self._munge_works():
+            return
+        key = Path("/etc/munge/munge.key")
+        if not key.exists():
+            _run("mungekey", "--create", "--keyfile", str(key))
+            shutil.chown(key, "munge", "munge")
+            key.chmod(0o400)
+        Path("/run/munge").mkdir(mode=0o755, exist_ok=True)
+        shutil.chown("/run/munge", "munge", "munge")
+        self._spawn(
+            "munged",
+            None,
+            None,
+            MUNGED_ARGV,
+            comm="munged",
+        )
+        self._wait(self._munge_works, 10, "munged did not answer")
+
+    @staticmethod
+    def _munge_works() -> bool:
+        enc = subprocess.run(["munge", "-n"], capture_output=True, check=False)
+        if enc.returncode != 0:
+            return False
+        dec = subprocess.run(["unmunge"], input=enc.stdout, capture_output=True, check=False)
+        return dec.returncode == 0
+
+    def _write_configs(self) -> None:
+        s = self.state_dir
+        names = [
+            (HOST_ADDR, f"corral-host {os.uname().nodename}"),
+            (self.controller_addr, CONTROLLER),
+        ]
+        names += [(self.node_addr(n), n) for n in self.node_names]
+        # The ::ffff: lines answer reverse lookups of v4-mapped peers (c10d warns otherwise).
+        self.hosts_file.write_text(
+            "127.0.0.1 localhost\n::1 localhost\n"
+            + "".join(f"{addr} {name}\n::ffff:{addr} {name}\n" for addr, name in names)
+        )
+        node_lines = "\n".join(
+            f"NodeName={n} NodeAddr={self.node_addr(n)} CPUs={self.cpus_per_node} State=UNKNOWN"
+            for n in self.node_names
+        )
+        self.conf.write_text(f"""\
+ClusterName=corral
+SlurmctldHost={CONTROLLER}({self.controller_addr})
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+CryptoType=crypto/munge
+MpiDefault=pmix
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+SchedulerType=sched/backfill
+SchedulerParameters=batch_sched_delay=0,sched_min_interval=0
+# more CPUs than the machine has is fine: these nodes share its cores
+SlurmdParameters=config_overrides
+ReturnToService=2
+KillWait=2
+MessageTimeout=5
+InactiveLimit=0
+MinJobAge=300
+SlurmdTimeout=30
+UnkillableStepTimeout=10
+MailProg=/bin/true
+AccountingStorageType=accounting_storage/none
+JobAcctGatherType=jobacct_gather/none
+JobCompType=jobcomp/filetxt
+JobCompLoc={s}/jobcomp.txt
+StateSaveLocation={s}/ctld
+SlurmdSpoolDir={s}/spool/%n
+SlurmctldPidFile={s}/run/slurmctld.pid
+SlurmdPidFile={s}/run/slurmd-%n.pid
+SlurmctldLogFile={s}/log/slurmctld.log
+SlurmdLogFile={s}/log/slurmd-%n.log
+# all nodes share /tmp; PMIx needs a directory per node
+TmpFS={s}/tmp_%n
+{node_lines}
+PartitionName=debug Nodes={",".join(self.node_names)} Default=YES MaxTime=INFINITE State=UP
+PartitionName=tiny Nodes={self.node_names[-1]} MaxTime=INFINITE State=UP
+""")
+        self._write_ssh()
+
+    def _write_ssh(self) -> None:
+        d = self.ssh_dir
+        for key in ("host_ed25519", "id_ed25519"):
+            if not (d / key).exists():
+                _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / key))
+        (d / "authorized_keys").write_text((d / "id_ed25519.pub").read_text())
+        (d / "authorized_keys").chmod(0o600)
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege-separation dir
+        (d / "sshd_config").write_text(f"""\
+ListenAddress {self.controller_addr}
+Port 22
+HostKey {d / "host_ed25519"}
+AuthorizedKeysFile {d / "authorized_keys"}
+PidFile none
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+SetEnv SLURM_CONF={self.conf}
+Subsystem sftp internal-sftp
+""")
+        self.ssh_config.write_text(f"""\
+Host *
+  User root
+  IdentityFile {d / "id_ed25519"}
+  IdentitiesOnly yes
+  StrictHostKeyChecking no
+  UserKnownHostsFile /dev/null
+  BatchMode yes
+  LogLevel ERROR
+  ConnectTimeout 5
+""")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("command", choices=["up", "down", "status"])
+    parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+    parser.add_argument("--nodes", type=int, default=3)
+    parser.add_argument("--cpus-per-node", type=int, default=2)
+    parser.add_argument("--install", action="store_true", help="apt-get install what is missing")
+    args = parser.parse_args(argv)
+    if args.install:
+        install_packages()
+    cluster = SlurmCluster(args.state_dir, nodes=args.nodes, cpus_per_node=args.cpus_per_node)
+    if args.command == "up":
+        start = time.monotonic()
+        cluster.up()
+        for key, value in cluster.env.items():
+            print(f"export {key}={shlex.quote(value)}")
+        print(f"# nodes: {' '.join(cluster.node_names)}")
+        print(
+            f"# controller: {cluster.controller_addr}  ssh: ssh -F {cluster.ssh_config} "
+            f"{cluster.ssh_target}"
+        )
+        print(f"# up in {time.monotonic() - start:.2f}s")
+    elif args.command == "down":
+        cluster.down()
+    else:
+        print(cluster.status())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
