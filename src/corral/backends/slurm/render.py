@@ -140,7 +140,7 @@ def render(spec: JobSpec, *, job_id: str, run_dir: str, workdir: str,
                           else spec.launcher).render_node(spec, ctx)
     env: dict[str, Any] = dict(launch.processes[0].env) if launch.processes else {}
     for runtime in ("RANK", "LOCAL_RANK", "GROUP_RANK", "NODE_RANK", "MASTER_ADDR",
-                    "MASTER_PORT", "CORRAL_HOSTS", "CORRAL_LOG_DIR"):
+                    "MASTER_PORT", "CORRAL_HOSTS", "CORRAL_LOG_DIR", "CORRAL_HOSTFILE"):
         env.pop(runtime, None)
     env["CORRAL_BACKEND"] = "slurm"
 

@@ -1,0 +1,185 @@
+"""Golden sbatch scripts: every launcher and option, hostile values quoted safely (pure)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from corral.backends.slurm import SlurmOptions
+from corral.backends.slurm.client import expand_nodelist, parse_scontrol, parse_srun_failure
+from corral.backends.slurm.options import slurm_time
+from corral.backends.slurm.render import render
+from corral.errors import SpecError
+from corral.spec import JobSpec
+
+HEADER = """\
+#!/bin/bash
+# corral job j-1: rendered by corral, submitted as is
+#SBATCH --job-name=train
+#SBATCH --nodes=2
+#SBATCH --ntasks-per-node={tasks}
+#SBATCH --output=/shared/j-1/logs/batch-%j.log
+#SBATCH --chdir=/shared/j-1/code
+set -eu
+
+export CORRAL_JOB_ID=j-1
+export CORRAL_JOB_NAME=train
+export CORRAL_BACKEND=slurm
+export CORRAL_RUN_DIR=/shared/j-1
+export CORRAL_NUM_NODES=2
+{world}export LOCAL_WORLD_SIZE=2
+export PYTHONUNBUFFERED=1
+export CORRAL_LOG_DIR=/shared/j-1/logs"${{SLURM_ARRAY_TASK_ID:+/array-$SLURM_ARRAY_TASK_ID}}"
+mkdir -p "$CORRAL_LOG_DIR"
+hosts=$(scontrol show hostnames "$SLURM_JOB_NODELIST")
+export MASTER_ADDR=$(printf "%s\\n" $hosts | head -n 1)
+export MASTER_PORT=$(( 20000 + SLURM_JOB_ID % 20000 ))
+export CORRAL_HOSTS=$(printf "%s\\n" $hosts | paste -sd, -)
+export CORRAL_HOSTFILE="$CORRAL_LOG_DIR/hostfile"
+printf "%s slots=2\\n" $hosts > "$CORRAL_HOSTFILE"
+
+"""
+RANK_SHIM = ("'export RANK=\"$SLURM_PROCID\" LOCAL_RANK=\"$SLURM_LOCALID\" "
+             "NODE_RANK=\"$SLURM_NODEID\" GROUP_RANK=\"$SLURM_NODEID\"; "
+             "exec >>\"$CORRAL_LOG_DIR/rank-$RANK.log\" 2>&1; exec \"$@\"' corral-rank")
+
+
+def spec(launcher: str = "none", **fields: object) -> JobSpec:
+    base: dict[str, object] = {"name": "train", "entrypoint": {"kind": "script",
+                               "path": "/home/me/proj/train.py"}, "args": ["--lr", "0.1"],
+                               "nodes": 2, "procs_per_node": 2, "launcher": launcher}
+    base.update(fields)
+    return JobSpec(**base)
+
+
+def script(s: JobSpec, **options: object) -> str:
+    return render(s, job_id="j-1", run_dir="/shared/j-1", workdir="/home/me/proj",
+                  options=SlurmOptions(**options), python="/venv/bin/python").script
+
+
+def test_none_launcher_one_task_per_rank() -> None:
+    expected = HEADER.format(tasks=2, world="export WORLD_SIZE=4\n") + (
+        "srun --kill-on-bad-exit=1 --ntasks-per-node=2 "
+        "--output=\"${CORRAL_LOG_DIR}\"/node-%n.log sh -c " + RANK_SHIM +
+        " /venv/bin/python /shared/j-1/code/train.py --lr 0.1\n")
+    assert script(spec("none")) == expected
+
+
+def test_torchrun_one_agent_per_node_with_rendezvous_on_first_host() -> None:
+    text = script(spec("torchrun"))
+    assert text.startswith(HEADER.format(tasks=1, world=""))
+    assert text.splitlines()[-1] == (
+        "srun --kill-on-bad-exit=1 --ntasks-per-node=1 --output=\"${CORRAL_LOG_DIR}\"/node-%n.log"
+        " sh -c 'export NODE_RANK=\"$SLURM_NODEID\"; exec /venv/bin/python -m "
+        "torch.distributed.run --nnodes 2 --nproc-per-node 2 --node-rank \"${SLURM_NODEID}\" "
+        "--rdzv-backend c10d --rdzv-endpoint \"${MASTER_ADDR}\":\"${MASTER_PORT}\" --rdzv-id j-1"
+        " --max-restarts 0 --no-python sh -c '\"'\"'export NODE_RANK=\"${GROUP_RANK:-$NODE_RANK}"
+        "\"; exec >>\"$CORRAL_LOG_DIR/rank-$RANK.log\" 2>&1; exec \"$@\"'\"'\"' corral-rank "
+        "/venv/bin/python /shared/j-1/code/train.py --lr 0.1' corral-node"
+    )
+
+
+def test_mpirun_through_srun_pmix_and_inside_the_allocation() -> None:
+    last = script(spec("mpirun")).splitlines()[-1]
+    assert last.startswith("srun --kill-on-bad-exit=1 --ntasks-per-node=2 ")
+    assert " --mpi=pmix sh -c " + RANK_SHIM in last
+    inside = script(spec("mpirun"), mpi_mode="mpirun").splitlines()[-1]
+    assert inside.startswith('mpirun -np 4 --hostfile "${CORRAL_HOSTFILE}" --map-by slot -x ')
+    assert inside.endswith('--lr 0.1 >>"$CORRAL_LOG_DIR/node-0.log" 2>&1')
+    assert 'RANK="$OMPI_COMM_WORLD_RANK"' in inside
+
+
+def test_deepspeed_per_node() -> None:
+    last = script(spec("deepspeed")).splitlines()[-1]
+    assert "--ntasks-per-node=1" in last
+    assert ("-m deepspeed.launcher.launch --world_info=" in last and
+            "--node_rank=\"${SLURM_NODEID}\" --master_addr=\"${MASTER_ADDR}\" "
+            "--master_port=\"${MASTER_PORT}\" --module corral.runtime.rankshim --at 2 "
+            "/venv/bin/python /shared/j-1/code/train.py --lr 0.1" in last)
+
+
+def test_every_option_renders_its_sbatch_line() -> None:
+    s = spec("none", time_limit="1h30m", resources={"cpus": 8, "memory": "16G", "gpus": 2},
+             queue="gpu", priority=-5)
+    text = script(s, account="proj1", qos="high", reservation="res1", constraint="a100&ib",
+                  array="0-3%2", dependency="afterok:41", exclusive=True,
+                  extra_sbatch=["--mail-type=END"])
+    lines = [line.removeprefix("#SBATCH ") for line in text.splitlines() if "#SBATCH" in line]
+    assert lines[5:] == [
+        "--partition=gpu", "--account=proj1", "--qos=high", "--reservation=res1",
+        "--constraint=a100&ib", "--array=0-3%2", "--dependency=afterok:41", "--time=01:30:00",
+        "--cpus-per-task=4", "--mem=16384M", "--gpus-per-node=2", "--exclusive", "--nice=5",
+        "--mail-type=END",
+    ]
+    assert lines[3] == "--output=/shared/j-1/logs/batch-%A_%a.log"
+    assert "--gres=gpu:a100:2" in script(s, gres="gpu:a100:2")
+    assert "--gpus-per-node" not in script(s, gres="gpu:a100:2")
+
+
+def test_containers() -> None:
+    pyxis = script(spec("none", image="nvcr.io/nvidia/pytorch:24.01"), container="pyxis",
+                   container_mounts=["/data:/data"])
+    assert ("--container-image=nvcr.io/nvidia/pytorch:24.01 --container-mounts=/data:/data sh"
+            in pyxis)
+    apptainer = script(spec("torchrun", image="/images/torch.sif"), container="apptainer")
+    assert "node-%n.log apptainer exec /images/torch.sif sh -c" in apptainer
+    with pytest.raises(SpecError, match="needs an image"):
+        script(spec("none"), container="pyxis")
+
+
+def test_snapshot_off_runs_in_place() -> None:
+    text = script(spec("none"), snapshot=False)
+    assert "#SBATCH --chdir=/home/me/proj" in text and "/home/me/proj/train.py" in text
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [({"partition": "a b"}, "slurm.partition"), ({"array": "1-x"}, "slurm.array"),
+     ({"dependency": "after:ok"}, "slurm.dependency"), ({"mpi_mode": "ssh"}, "slurm.mpi_mode"),
+     ({"extra_sbatch": ["--a\n#SBATCH --b"]}, "slurm.extra_sbatch"),
+     ({"partiton": "x"}, "slurm.partiton")],
+)
+def test_bad_options_are_named(options: dict, field: str) -> None:
+    with pytest.raises(SpecError) as info:
+        SlurmOptions(**options)
+    assert info.value.problems[0][0].startswith(field)
+
+
+HOSTILE = ["it's", "$(touch /tmp/pwned)", "`id`", "a\nb", "ünï 🚀", "--x", ""]
+
+
+@pytest.mark.parametrize("launcher", ["none", "torchrun", "mpirun", "deepspeed"])
+def test_hostile_values_render_safely(launcher: str, tmp_path: object) -> None:
+    """The script parses as bash, and sets names, env and args without running them."""
+    s = spec(launcher, name="we'ird\n$(name)", args=HOSTILE,
+             env={f"V{i}": v for i, v in enumerate(HOSTILE)})
+    text = script(s)
+    assert "#SBATCH --job-name=we_ird_name" in text
+    assert subprocess.run(["bash", "-n"], input=text, text=True).returncode == 0
+    exports = text.split("set -eu\n")[1].split("export CORRAL_LOG_DIR")[0]
+    probe = exports + '\nprintf "%s\\0" "$V0" "$V1" "$V2" "$V3" "$V4" "$V5" "$V6"'
+    out = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.split("\0")[:-1] == HOSTILE
+    assert not os.path.exists("/tmp/pwned")
+
+
+def test_slurm_time() -> None:
+    assert slurm_time(59) == "00:01:00"
+    assert slurm_time(5400) == "01:30:00"
+    assert slurm_time(90061) == "1-01:02:00"
+
+
+def test_parsers() -> None:
+    line = ("JobId=42 JobName=train UserId=root(0) JobState=PENDING Reason=Resources "
+            "Dependency=(null) ExitCode=0:0 NodeList=node[1-2] Command=/a b/job.sbatch")
+    (record,) = parse_scontrol(line)
+    assert record["JobState"] == "PENDING" and record["Reason"] == "Resources"
+    assert record["NodeList"] == "node[1-2]" and record["Command"] == "/a b/job.sbatch"
+    assert expand_nodelist("node[1-3,5],gpu07,n[08-09]") == [
+        "node1", "node2", "node3", "node5", "gpu07", "n08", "n09"]
+    text = "x\nsrun: error: node2: tasks 2-3: Exited with exit code 3\nsrun: error: node1: task 0"
+    assert parse_srun_failure(text) == ("node2", 2, 3)
+    assert parse_srun_failure("srun: error: node3: task 5: Killed") == ("node3", 5, -9)
+    assert parse_srun_failure("all fine") is None
