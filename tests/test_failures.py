@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import leftover_processes
+from conftest import leftover_processes, require
 from corral.backends.local import LocalBackend, LocalOptions
 from corral.spec import JobSpec, JobState
 from corral.status import JobStatus
@@ -88,8 +88,7 @@ def test_torchrun_agent_reports_the_failing_rank(programs: Path, mode: str) -> N
 def test_mpirun_reports_the_failing_rank(programs: Path) -> None:
     import shutil
 
-    if shutil.which("mpirun") is None:
-        pytest.skip("Open MPI (openmpi-bin) not installed")
+    require(shutil.which("mpirun") is not None, "Open MPI (openmpi-bin) not installed")
     spec = misbehave(programs, "exit3", 2, nodes=2, procs_per_node=2, launcher="mpirun")
     status = LocalBackend().run(spec)
     assert status.state is JobState.FAILED

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import read_rank_outputs
+from conftest import read_rank_outputs, require
 from corral.backends.local import LocalBackend, LocalOptions
 from corral.spec import JobSpec, JobState
 
@@ -39,8 +39,7 @@ LAUNCHERS = [
     pytest.param("none", True, id="none-fork"),
     pytest.param("none", False, id="none-exec"),
     pytest.param("torchrun", False, id="torchrun-agent"),
-    pytest.param("mpirun", False, id="mpirun",
-                 marks=pytest.mark.skipif(shutil.which("mpirun") is None, reason="no Open MPI")),
+    pytest.param("mpirun", False, id="mpirun"),
 ]
 
 
@@ -48,6 +47,8 @@ LAUNCHERS = [
 def test_hostile_values_reach_the_program_literally(
     programs: Path, tmp_path: Path, launcher: str, fork: bool
 ) -> None:
+    if launcher == "mpirun":
+        require(shutil.which("mpirun") is not None, "Open MPI (openmpi-bin) not installed")
     canary = Path("/tmp/corral-pwned")
     canary.unlink(missing_ok=True)
     spec = hostile_spec(programs, tmp_path, launcher, nodes=2, procs_per_node=1,

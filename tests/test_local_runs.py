@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 from pathlib import Path
 
 import pytest
 
-from conftest import leftover_processes, read_rank_outputs
+from conftest import leftover_processes, read_rank_outputs, require
 from corral.api import submit
 from corral.backends.local import LocalBackend, LocalOptions
 from corral.spec import JobSpec, JobState
@@ -92,9 +93,9 @@ def test_two_torchrun_jobs_at_once_do_not_collide(programs: Path, tmp_path: Path
     assert len(set(ports.values())) == 2
 
 
-@pytest.mark.skipif(shutil.which("mpirun") is None, reason="Open MPI (openmpi-bin) not installed")
 def test_open_mpi_2x2_allreduce(programs: Path, tmp_path: Path) -> None:
-    pytest.importorskip("mpi4py")
+    require(shutil.which("mpirun") is not None, "Open MPI (openmpi-bin) not installed")
+    require(importlib.util.find_spec("mpi4py") is not None, "mpi4py not installed")
     spec = JobSpec(name="mpi", entrypoint={"kind": "script", "path": str(programs /
                    "mpi_allreduce.py")}, args=[str(tmp_path)], nodes=2, procs_per_node=2,
                    launcher="mpirun")
@@ -113,7 +114,7 @@ def test_open_mpi_2x2_allreduce(programs: Path, tmp_path: Path) -> None:
 
 
 def test_deepspeed_launcher_two_emulated_nodes(programs: Path, tmp_path: Path) -> None:
-    pytest.importorskip("deepspeed")
+    require(importlib.util.find_spec("deepspeed") is not None, "deepspeed not installed")
     spec = ddp_spec(programs, tmp_path, nodes=2, procs_per_node=1, launcher="deepspeed")
     status = LocalBackend().run(spec)
     assert status.state is JobState.SUCCEEDED, status.summary()

@@ -92,6 +92,26 @@ def _reap(pid: int) -> None:
         pass
 
 
+def _stop_all(procs: list[tuple[int, str]], grace: float) -> None:
+    """SIGTERM each (pid, comm) that still runs `comm`; SIGKILL whatever is left after `grace` s."""
+    live = [pid for pid, comm in procs if _alive(pid) and _comm(pid) == comm]
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 2.0)):
+        for pid in live:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + wait
+        while live and time.monotonic() < deadline:
+            time.sleep(0.05)
+            for pid in live:
+                _reap(pid)
+            live = [pid for pid in live if _alive(pid)]
+        if not live:
+            return
+    raise RuntimeError(f"could not stop processes {live}")
+
+
 def install_packages() -> None:
     """apt-get install whatever the cluster needs, if any binary is missing."""
     if all(shutil.which(b) or Path(f"/usr/sbin/{b}").exists() for b in REQUIRED_BINARIES):
@@ -157,32 +177,38 @@ class SlurmCluster:
         self.wait_idle()
 
     def down(self) -> None:
-        """Stop every daemon started here (by PID), then whatever still runs in our namespaces
-        (slurmstepd, job tasks, ssh sessions), delete the namespaces (their /run/netns bind
-        mounts), veths and bridge; munged last, and only if this module started it."""
+        """Cancel all jobs; stop (by PID) what still runs in our namespaces (slurmstepd, job
+        tasks, ssh sessions), then every daemon started here; delete the namespaces (their
+        /run/netns bind mounts), veths and bridge; munged last, only if this module started it."""
         daemons = self._daemon_pids()
         munged = daemons.pop("munged", None)
-        if "slurmctld" in daemons and self.conf.exists():
+        if "slurmctld" in daemons and self.conf.exists() and self._controller_up():
             self._slurm("scancel", "--user=root", check=False)
-        for name, (pid, comm) in daemons.items():
-            self._stop(pid, comm)
-            (self.pid_dir / f"{name}.pid").unlink()
+            try:
+                self._wait(self._no_running_jobs, 3, "jobs still running")
+            except TimeoutError:
+                pass  # killed below
         netns_file = self.state_dir / "netns"
         recorded = netns_file.read_text().split() if netns_file.exists() else []
-        namespaces = list(dict.fromkeys([*recorded, *self._namespaces()]))
         present = set(_run("ip", "netns", "list", check=False).split())
-        for pid in self._pids_in_namespaces([ns for ns in namespaces if ns in present]):
-            self._stop(pid, _comm(pid), grace=0.5)
-        for ns in namespaces:
-            if ns in present:
-                _run("ip", "netns", "delete", ns, check=False)
-            if Path(f"/sys/class/net/{self._veth(ns)}").exists():
-                _run("ip", "link", "delete", self._veth(ns), check=False)
-        if Path(f"/sys/class/net/{BRIDGE}").exists():
-            _run("ip", "link", "delete", BRIDGE, check=False)
+        ours = [ns for ns in dict.fromkeys([*recorded, *self._namespaces()]) if ns in present]
+        daemon_pids = {pid for pid, _ in daemons.values()}
+        leftovers = [p for p in self._pids_in_namespaces(ours) if p not in daemon_pids]
+        _stop_all([(pid, _comm(pid)) for pid in leftovers], grace=0.5)
+        ctld = daemons.get("slurmctld")  # last: a stopping slurmd still talks to it
+        _stop_all([proc for proc in daemons.values() if proc != ctld], grace=5)
+        _stop_all([ctld] if ctld else [], grace=5)
+        for name in daemons:
+            (self.pid_dir / f"{name}.pid").unlink()
+        _stop_all([(pid, _comm(pid)) for pid in self._pids_in_namespaces(ours)], grace=0.5)
+        for ns in ours:
+            _run("ip", "netns", "delete", ns, check=False)
+        for link in [*(self._veth(ns) for ns in ours), BRIDGE]:
+            if Path(f"/sys/class/net/{link}").exists():
+                _run("ip", "link", "delete", link, check=False)
         netns_file.unlink(missing_ok=True)
         if munged:
-            self._stop(*munged)
+            _stop_all([munged], grace=5)
             (self.pid_dir / "munged.pid").unlink()
 
     def status(self) -> str:
@@ -228,6 +254,9 @@ class SlurmCluster:
     def _controller_up(self) -> bool:
         return " is UP" in self._slurm("scontrol", "ping", check=False)
 
+    def _no_running_jobs(self) -> bool:
+        return not self._slurm("squeue", "-h", "-t", "R,CG,CF,S", check=False).strip()
+
     def _node_states(self) -> dict[str, str]:
         out = self._slurm("sinfo", "-h", "-N", "-p", "debug", "-o", "%N %T", check=False)
         return dict(line.split(None, 1) for line in out.splitlines() if " " in line)
@@ -252,25 +281,6 @@ class SlurmCluster:
             except ValueError:
                 path.unlink()
         return found
-
-    @staticmethod
-    def _stop(pid: int, comm: str, grace: float = 5.0) -> None:
-        """SIGTERM, then SIGKILL after `grace` s; only if the PID still runs `comm`."""
-        if not _alive(pid) or _comm(pid) != comm:
-            _reap(pid)
-            return
-        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 2.0)):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                return
-            deadline = time.monotonic() + wait
-            while time.monotonic() < deadline:
-                _reap(pid)
-                if not _alive(pid):
-                    return
-                time.sleep(0.05)
-        raise RuntimeError(f"could not stop {comm} (pid {pid})")
 
     @staticmethod
     def _pids_in_namespaces(namespaces: list[str]) -> list[int]:
