@@ -4,10 +4,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 
-.PHONY: demo test lint unit bench system-deps clean
+.PHONY: demo test lint unit bench system-deps slurm-up slurm-down clean
+# Debian packages the tests use: Open MPI, and a real Slurm cluster with ssh for submission.
+APT_PACKAGES := openmpi-bin libopenmpi-dev slurmctld slurmd slurm-client munge \
+	openssh-server openssh-client rsync iproute2 util-linux procps
 
 $(VENV)/.installed: pyproject.toml
-	@command -v mpicc >/dev/null || $(MAKE) --no-print-directory system-deps
+	@$(MAKE) --no-print-directory system-deps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH)" numpy
@@ -15,13 +18,12 @@ $(VENV)/.installed: pyproject.toml
 	DS_BUILD_OPS=0 $(BIN)/pip install --quiet --no-build-isolation deepspeed==0.19.8 "$(TORCH)"
 	touch $@
 
-# Open MPI (mpirun for the mpirun launcher, mpicc to build mpi4py) from Debian's packages.
 system-deps:
-	@if command -v mpirun >/dev/null && command -v mpicc >/dev/null; then exit 0; fi; \
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -z "$$missing" ]; then exit 0; fi; \
 	SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	$$SUDO apt-get update -qq && \
-	DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
-		openmpi-bin libopenmpi-dev
+	DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing
 
 demo: $(VENV)/.installed
 	$(BIN)/corral run --name mingpt --nodes 2 --procs-per-node 1 --launcher torchrun \
@@ -38,6 +40,13 @@ test: lint unit
 
 bench: $(VENV)/.installed
 	$(BIN)/python bench/launch_overhead.py
+
+# The Slurm test cluster (controller + 3 nodes in network namespaces), for use by hand.
+slurm-up: $(VENV)/.installed
+	$(BIN)/python tests/infra/slurm_cluster.py up
+
+slurm-down:
+	$(PYTHON) tests/infra/slurm_cluster.py down
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build src/*.egg-info

@@ -53,9 +53,9 @@ def slurm(cluster: object, tmp_path: Path) -> SlurmBackend:
     return SlurmBackend(SlurmOptions(python=sys.executable, poll_seconds=0.1))
 
 
-def program(name: str, *args: str, **fields: object) -> JobSpec:
-    return JobSpec(name=name.removesuffix(".py"),
-                   entrypoint={"kind": "script", "path": str(PROGRAMS / name)},
+def program(script: str, *args: str, **fields: object) -> JobSpec:
+    fields.setdefault("name", script.removesuffix(".py"))
+    return JobSpec(entrypoint={"kind": "script", "path": str(PROGRAMS / script)},
                    args=list(args), workdir=str(PROGRAMS), **fields)
 
 

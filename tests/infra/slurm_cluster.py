@@ -29,6 +29,7 @@ CLI: ``python tests/infra/slurm_cluster.py up|down|status [--state-dir DIR] [--i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shlex
 import shutil
@@ -46,17 +47,8 @@ HOST_ADDR = f"{SUBNET}.1"
 CONTROLLER = "controller"
 CONTROLLER_NS = "corral-ctl"
 MUNGE_SOCKET = Path("/run/munge/munge.socket.2")
-APT_PACKAGES = [
-    "slurmctld",
-    "slurmd",
-    "slurm-client",
-    "munge",
-    "openmpi-bin",
-    "libopenmpi-dev",
-    "openssh-server",
-    "openssh-client",
-    "rsync",
-]
+APT_PACKAGES = ["slurmctld", "slurmd", "slurm-client", "munge", "openmpi-bin", "libopenmpi-dev"]
+APT_PACKAGES += ["openssh-server", "openssh-client", "rsync"]
 SBIN = "/usr/sbin/"
 MUNGED_ARGV = ["setpriv", "--reuid=munge", "--regid=munge", "--init-groups", SBIN + "munged", "-F"]
 REQUIRED_BINARIES = ["slurmctld", "slurmd", "sbatch", "munged", "sshd", "ssh-keygen", "mpirun"]
@@ -69,13 +61,17 @@ def _run(*argv: str, check: bool = True, env: dict[str, str] | None = None) -> s
     return proc.stdout
 
 
+def _stat(pid: int) -> list[str]:
+    """/proc/PID/stat after the command name: [state, ppid, ...]; [] if there is no such PID."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
 def _alive(pid: int) -> bool:
     """True while the process runs (a zombie counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, IndexError, ProcessLookupError):
-        return False
+    return _stat(pid)[:1] not in ([], ["Z"])
 
 
 def _comm(pid: int) -> str:
@@ -83,6 +79,11 @@ def _comm(pid: int) -> str:
         return Path(f"/proc/{pid}/comm").read_text().strip()
     except OSError:
         return ""
+
+
+def _ppid(pid: int) -> int:
+    fields = _stat(pid)
+    return int(fields[1]) if len(fields) > 1 else 0
 
 
 def _reap(pid: int) -> None:
@@ -94,7 +95,7 @@ def _reap(pid: int) -> None:
 
 def _stop_all(procs: list[tuple[int, str]], grace: float) -> None:
     """SIGTERM each (pid, comm) that still runs `comm`; SIGKILL whatever is left after `grace` s."""
-    live = [pid for pid, comm in procs if _alive(pid) and _comm(pid) == comm]
+    live = [pid for pid, comm in procs if _running(pid, comm)]
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 2.0)):
         for pid in live:
             try:
@@ -112,6 +113,30 @@ def _stop_all(procs: list[tuple[int, str]], grace: float) -> None:
     raise RuntimeError(f"could not stop processes {live}")
 
 
+def _daemon_pids(pid_dir: Path) -> dict[str, tuple[int, str]]:
+    """{name: (pid, comm)} from pid_dir/NAME.pid."""
+    found = {}
+    for path in sorted(pid_dir.glob("*.pid")) if pid_dir.is_dir() else []:
+        pid, _, comm = path.read_text().strip().partition(" ")
+        if pid.isdigit() and comm:
+            found[path.stem] = (int(pid), comm)
+    return found
+
+
+def _running(pid: int, comm: str) -> bool:
+    return _alive(pid) and _comm(pid) == comm
+
+
+def _foreign_cluster_up(state_dir: Path) -> Path | None:
+    """The state dir of another cluster that holds the bridge (its alias) and still runs."""
+    try:
+        owner = Path(Path(f"/sys/class/net/{BRIDGE}/ifalias").read_text().strip() or "/")
+    except OSError:
+        return None
+    alive = any(_running(*proc) for proc in _daemon_pids(owner / "pids").values())
+    return owner if owner != state_dir and alive else None
+
+
 def install_packages() -> None:
     """apt-get install whatever the cluster needs, if any binary is missing."""
     if all(shutil.which(b) or Path(f"/usr/sbin/{b}").exists() for b in REQUIRED_BINARIES):
@@ -125,8 +150,8 @@ class SlurmCluster:
     """slurmctld + sshd in one namespace, one slurmd per compute-node namespace."""
 
     def __init__(self, state_dir: Path, nodes: int = 3, cpus_per_node: int = 2) -> None:
-        if not 1 <= nodes <= 99:
-            raise ValueError("nodes must be between 1 and 99")
+        if not 1 <= nodes <= 99 or cpus_per_node < 1:
+            raise ValueError("need 1 to 99 nodes and at least 1 CPU per node")
         self.state_dir = Path(state_dir).resolve()
         self.cpus_per_node = cpus_per_node
         self.node_names: list[str] = [f"node{i}" for i in range(1, nodes + 1)]
@@ -152,8 +177,18 @@ class SlurmCluster:
         """Bring the cluster up; reuse it when it is already up and every node is idle."""
         if self.healthy(settle=10):
             return
+        owner = _foreign_cluster_up(self.state_dir)
+        if owner:
+            raise RuntimeError(f"the cluster with state dir {owner} is up: take it down first")
         self.down()
-        for sub in ("ctld", "spool", "run", *(f"tmp_{n}" for n in self.node_names)):
+        try:
+            self._start()
+        except BaseException:
+            self.down()  # leave nothing half-started; logs stay in <state>/log
+            raise
+
+    def _start(self) -> None:
+        for sub in ("ctld", "spool", "run", "log", *(f"tmp_{n}" for n in self.node_names)):
             shutil.rmtree(self.state_dir / sub, ignore_errors=True)
         for sub in ("etc", "ctld", "run", "pids", "log", "ssh"):
             (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
@@ -175,14 +210,19 @@ class SlurmCluster:
             argv = [SBIN + "slurmd", "-D", "-N", name, "-f", conf]
             self._spawn(f"slurmd-{name}", f"corral-{name}", name, argv)
         self.wait_idle()
+        # slurmctld's first scheduling pass comes ~3 s after its start (it logs its
+        # SchedulerParameters then); a job submitted before it waits for it anyway.
+        ctld_log = self.log_dir / "slurmctld.log"
+        with contextlib.suppress(TimeoutError):
+            self._wait(lambda: "SchedulerParameters=" in ctld_log.read_text(), 6, "scheduler")
 
     def down(self) -> None:
         """Cancel all jobs; stop (by PID) what still runs in our namespaces (slurmstepd, job
         tasks, ssh sessions), then every daemon started here; delete the namespaces (their
         /run/netns bind mounts), veths and bridge; munged last, only if this module started it."""
-        daemons = self._daemon_pids()
+        daemons = _daemon_pids(self.pid_dir)
         munged = daemons.pop("munged", None)
-        if "slurmctld" in daemons and self.conf.exists() and self._controller_up():
+        if "slurmctld" in daemons and _running(*daemons["slurmctld"]) and self.conf.exists():
             self._slurm("scancel", "--user=root", check=False)
             try:
                 self._wait(self._no_running_jobs, 3, "jobs still running")
@@ -192,29 +232,35 @@ class SlurmCluster:
         recorded = netns_file.read_text().split() if netns_file.exists() else []
         present = set(_run("ip", "netns", "list", check=False).split())
         ours = [ns for ns in dict.fromkeys([*recorded, *self._namespaces()]) if ns in present]
+        foreign = _foreign_cluster_up(self.state_dir)
+        if foreign:
+            ours = []  # the network belongs to another cluster that is still up
         daemon_pids = {pid for pid, _ in daemons.values()}
-        leftovers = [p for p in self._pids_in_namespaces(ours) if p not in daemon_pids]
+        leftovers = [  # job steps and tasks first; daemons' own helpers go with them
+            p for p in self._pids_in_namespaces(ours) if not {p, _ppid(p)} & daemon_pids
+        ]
         _stop_all([(pid, _comm(pid)) for pid in leftovers], grace=0.5)
-        ctld = daemons.get("slurmctld")  # last: a stopping slurmd still talks to it
-        _stop_all([proc for proc in daemons.values() if proc != ctld], grace=5)
+        # slurmctld first: a stopping slurmd waits MessageTimeout for a stopping slurmctld
+        ctld = daemons.get("slurmctld")
         _stop_all([ctld] if ctld else [], grace=5)
+        _stop_all([proc for proc in daemons.values() if proc != ctld], grace=5)
         for name in daemons:
-            (self.pid_dir / f"{name}.pid").unlink()
+            (self.pid_dir / f"{name}.pid").unlink(missing_ok=True)
         _stop_all([(pid, _comm(pid)) for pid in self._pids_in_namespaces(ours)], grace=0.5)
         for ns in ours:
             _run("ip", "netns", "delete", ns, check=False)
-        for link in [*(self._veth(ns) for ns in ours), BRIDGE]:
+        for link in [*(self._veth(ns) for ns in ours), *([] if foreign else [BRIDGE])]:
             if Path(f"/sys/class/net/{link}").exists():
                 _run("ip", "link", "delete", link, check=False)
         netns_file.unlink(missing_ok=True)
         if munged:
             _stop_all([munged], grace=5)
-            (self.pid_dir / "munged.pid").unlink()
+            (self.pid_dir / "munged.pid").unlink(missing_ok=True)
 
     def status(self) -> str:
         lines = []
-        for name, (pid, comm) in self._daemon_pids().items():
-            state = "running" if _alive(pid) and _comm(pid) == comm else "GONE"
+        for name, (pid, comm) in _daemon_pids(self.pid_dir).items():
+            state = "running" if _running(pid, comm) else "GONE"
             lines.append(f"{name:16} pid {pid:<8} {state} ({comm})")
         if not lines:
             return "down (no daemons recorded)"
@@ -223,13 +269,11 @@ class SlurmCluster:
 
     def healthy(self, settle: float = 0) -> bool:
         """Every daemon alive and, within `settle` s, every node idle."""
-        pids = self._daemon_pids()
+        pids = _daemon_pids(self.pid_dir)
         wanted = {"slurmctld", "sshd", *(f"slurmd-{n}" for n in self.node_names)}
         if not self.conf.exists() or not wanted <= pids.keys():
             return False
-        if not all(_alive(pid) and _comm(pid) == comm for pid, comm in pids.values()):
-            return False
-        if not MUNGE_SOCKET.exists():
+        if not MUNGE_SOCKET.exists() or not all(_running(*proc) for proc in pids.values()):
             return False
         try:
             self.wait_idle(settle)
@@ -239,13 +283,9 @@ class SlurmCluster:
 
     def wait_idle(self, timeout: float = 30) -> None:
         """Wait until sinfo shows every node idle."""
-        want = {n: "idle" for n in self.node_names}
-        self._wait(
-            lambda: self._node_states() == want,
-            timeout,
-            "nodes not idle",
-            lambda: repr(self._node_states()),
-        )
+        want = dict.fromkeys(self.node_names, "idle")
+        states = self._node_states
+        self._wait(lambda: states() == want, timeout, "nodes not idle", lambda: repr(states()))
 
     # ----------------------------------------------------------------- internals
     def _slurm(self, *argv: str, check: bool = True) -> str:
@@ -271,16 +311,6 @@ class SlurmCluster:
                 extra = f": {detail()}" if detail else ""
                 raise TimeoutError(f"{what} after {timeout:.0f}s{extra}")
             time.sleep(0.1)
-
-    def _daemon_pids(self) -> dict[str, tuple[int, str]]:
-        found = {}
-        for path in sorted(self.pid_dir.glob("*.pid")) if self.pid_dir.is_dir() else []:
-            try:
-                pid, comm = path.read_text().split()
-                found[path.stem] = (int(pid), comm)
-            except ValueError:
-                path.unlink()
-        return found
 
     @staticmethod
     def _pids_in_namespaces(namespaces: list[str]) -> list[int]:
@@ -311,6 +341,7 @@ class SlurmCluster:
     def _make_network(self) -> None:
         (self.state_dir / "netns").write_text("\n".join(self._namespaces()) + "\n")
         _run("ip", "link", "add", BRIDGE, "type", "bridge")
+        _run("ip", "link", "set", BRIDGE, "alias", str(self.state_dir))  # see _foreign_cluster_up
         _run("ip", "addr", "add", f"{HOST_ADDR}/24", "dev", BRIDGE)
         _run("ip", "link", "set", BRIDGE, "up")
         addrs = [self.controller_addr, *(self.node_addr(n) for n in self.node_names)]
@@ -319,12 +350,8 @@ class SlurmCluster:
             _run("ip", "netns", "add", ns)
             _run("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
             _run("ip", "link", "set", veth, "master", BRIDGE, "up")
-            for cmd in (
-                ["addr", "add", f"{addr}/24", "dev", "eth0"],
-                ["link", "set", "eth0", "up"],
-                ["link", "set", "lo", "up"],
-            ):
-                _run("ip", "-n", ns, *cmd)
+            for cmd in (f"addr add {addr}/24 dev eth0", "link set eth0 up", "link set lo up"):
+                _run("ip", "-n", ns, *cmd.split())
 
     def _spawn(
         self,
@@ -362,18 +389,12 @@ class SlurmCluster:
             return
         key = Path("/etc/munge/munge.key")
         if not key.exists():
-            _run("mungekey", "--create", "--keyfile", str(key))
+            _run("mungekey", "--create", f"--keyfile={key}")
             shutil.chown(key, "munge", "munge")
             key.chmod(0o400)
         Path("/run/munge").mkdir(mode=0o755, exist_ok=True)
         shutil.chown("/run/munge", "munge", "munge")
-        self._spawn(
-            "munged",
-            None,
-            None,
-            MUNGED_ARGV,
-            comm="munged",
-        )
+        self._spawn("munged", None, None, MUNGED_ARGV, comm="munged")
         self._wait(self._munge_works, 10, "munged did not answer")
 
     @staticmethod
@@ -485,23 +506,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpus-per-node", type=int, default=2)
     parser.add_argument("--install", action="store_true", help="apt-get install what is missing")
     args = parser.parse_args(argv)
-    if args.install:
-        install_packages()
     cluster = SlurmCluster(args.state_dir, nodes=args.nodes, cpus_per_node=args.cpus_per_node)
+    start = time.monotonic()
+    try:
+        if args.install:
+            install_packages()
+        if args.command == "up":
+            cluster.up()
+        elif args.command == "down":
+            cluster.down()
+    except (RuntimeError, TimeoutError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     if args.command == "up":
-        start = time.monotonic()
-        cluster.up()
-        for key, value in cluster.env.items():
-            print(f"export {key}={shlex.quote(value)}")
+        print("\n".join(f"export {k}={shlex.quote(v)}" for k, v in cluster.env.items()))
         print(f"# nodes: {' '.join(cluster.node_names)}")
-        print(
-            f"# controller: {cluster.controller_addr}  ssh: ssh -F {cluster.ssh_config} "
-            f"{cluster.ssh_target}"
-        )
+        print(f"# ssh: ssh -F {cluster.ssh_config} {cluster.ssh_target}")
         print(f"# up in {time.monotonic() - start:.2f}s")
-    elif args.command == "down":
-        cluster.down()
-    else:
+    elif args.command == "status":
         print(cluster.status())
     return 0
 

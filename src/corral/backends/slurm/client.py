@@ -120,6 +120,7 @@ class SlurmBackend(Backend):
             raise SubmitError(f"workdir: {slurm_plan.workdir!r} is not a directory")
         record = RunDir.create(slurm_plan.job_id, self.root)
         t = self.transport
+        t.make_dirs(f"{slurm_plan.run_dir}/logs")  # Slurm opens the batch log there
         if self.options.snapshot:
             t.copy_files(slurm_plan.workdir, snapshot_files(slurm_plan.workdir),
                          slurm_plan.code_dir)
@@ -228,10 +229,14 @@ class SlurmBackend(Backend):
         hosts = expand_nodelist(job.get("NodeList", ""))
         batch = self._log_text(record, f"batch-{record['slurm_job_id']}.log")
         found = parse_srun_failure(batch)
-        code = int(job.get("ExitCode", "1:0").split(":")[0] or 1)
+        exit_text, _, signal_text = job.get("ExitCode", "1:0").partition(":")
+        code = int(exit_text or 0) or -int(signal_text or 0) or 1
         if found is None:
-            status.failure = Failure(node=0, rank=None, returncode=code,
-                                     reason=describe_returncode(code),
+            reason = job.get("Reason", "None")
+            why = describe_returncode(code) if reason in ("None", "NonZeroExitCode") else (
+                f"Slurm reports {reason} ({describe_returncode(code)}); see "
+                f"{record['run_dir']}/logs/batch-{record['slurm_job_id']}.log and slurmd's log")
+            status.failure = Failure(node=0, rank=None, returncode=code, reason=why,
                                      last_lines=batch.splitlines()[-20:])
             status.reason = status.failure.describe()
             return

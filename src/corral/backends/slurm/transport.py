@@ -28,6 +28,8 @@ class Transport(Protocol):
 
     def list_dir(self, path: str) -> list[str]: ...
 
+    def make_dirs(self, path: str) -> None: ...
+
     def copy_files(self, src_dir: str, files: Sequence[str], dst_dir: str) -> None: ...
 
 
@@ -73,6 +75,9 @@ class LocalTransport:
             return sorted(os.listdir(path))
         except FileNotFoundError:
             return []
+
+    def make_dirs(self, path: str) -> None:
+        os.makedirs(path, exist_ok=True)
 
     def copy_files(self, src_dir: str, files: Sequence[str], dst_dir: str) -> None:
         for name in files:
@@ -126,6 +131,9 @@ class SshTransport:
     def list_dir(self, path: str) -> list[str]:
         done = self._ssh(f"ls -1 {shlex.quote(path)}", check=False)
         return sorted(done.stdout.decode(errors="replace").split()) if done.returncode == 0 else []
+
+    def make_dirs(self, path: str) -> None:
+        self._ssh(f"mkdir -p {shlex.quote(path)}")
 
     def copy_files(self, src_dir: str, files: Sequence[str], dst_dir: str) -> None:
         if shutil.which("rsync") is None:
