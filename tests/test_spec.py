@@ -120,3 +120,24 @@ def test_job_file_errors(tmp_path: Path) -> None:
     wrong.write_text("script: a.py\nnodes: zero\n", encoding="utf-8")
     with pytest.raises(SpecError, match="nodes: got 'zero'"):
         load_job_file(wrong)
+
+
+def test_backend_defaults_from_corral_toml_and_pyproject(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from corral.backends import backend_options
+    from corral.config import backend_defaults
+
+    project = tmp_path / "proj"
+    (project / "sub").mkdir(parents=True)
+    (project / "pyproject.toml").write_text(
+        '[tool.corral.slurm]\npartition = "gpu"\nexclusive = true\n', encoding="utf-8")
+    monkeypatch.chdir(project / "sub")
+    assert backend_defaults("slurm") == {"partition": "gpu", "exclusive": True}
+    (project / "sub" / "corral.toml").write_text('[slurm]\nqos = "high"\n', encoding="utf-8")
+    assert backend_defaults("slurm") == {"qos": "high"}
+    assert backend_defaults("local") == {}
+    options = backend_options("slurm", backend_defaults("slurm"))
+    assert options.qos == "high"
+    (project / "sub" / "corral.toml").write_text('[slurm]\nqos = "a b"\n', encoding="utf-8")
+    with pytest.raises(SpecError, match=r"slurm\.qos"):
+        backend_options("slurm", backend_defaults("slurm"))

@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from corral.backends import OPTIONS, backend_options, get_backend
+from corral.config import backend_defaults
 from corral.console import LinePrinter
 from corral.errors import SpecError
 from corral.jobfile import entrypoint_fields, read_job_file
@@ -128,7 +129,7 @@ def run_command(
     if "name" not in fields:
         fields["name"] = _default_name(fields["entrypoint"])
     spec = JobSpec(**fields)
-    values = parse_options(option_pairs)
+    values = {**backend_defaults(backend), **parse_options(option_pairs)}
     if no_fork:
         values["fork"] = False
     engine = get_backend(backend, options=backend_options(backend, values)) if (
