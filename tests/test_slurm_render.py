@@ -183,3 +183,23 @@ def test_parsers() -> None:
     assert parse_srun_failure(text) == ("node2", 2, 3)
     assert parse_srun_failure("srun: error: node3: task 5: Killed") == ("node3", 5, -9)
     assert parse_srun_failure("all fine") is None
+
+
+def test_cli_dry_run_prints_the_script_without_a_cluster(tmp_path: object) -> None:
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "corral.cli", "run", "--backend", "slurm", "--dry-run",
+         "-o", "partition=debug", "-o", "extra_sbatch=--mail-type=END", "--nodes", "2",
+         "--launcher", "torchrun", "--time-limit", "5m", "train.py", "--", "--lr", "0.1"],
+        capture_output=True, text=True, cwd=str(tmp_path),
+        env={**os.environ, "PATH": "/usr/bin:/bin", "SLURM_CONF": "/nonexistent"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert "#SBATCH --partition=debug" in done.stdout
+    assert "#SBATCH --mail-type=END" in done.stdout and "#SBATCH --time=00:05:00" in done.stdout
+    assert "torch.distributed.run --nnodes 2" in done.stdout
+    bad = subprocess.run(
+        [sys.executable, "-m", "corral.cli", "run", "--backend", "slurm", "--dry-run",
+         "-o", "partiton=debug", "train.py"], capture_output=True, text=True, cwd=str(tmp_path))
+    assert bad.returncode == 2 and "slurm.partiton: got 'debug'; unknown option" in bad.stderr

@@ -16,7 +16,7 @@ from corral.launchers.failures import parse_torchrun
 from corral.logs import LogFollower, LogSource
 from corral.rundir import RunDir, iter_run_dirs, new_job_id, runs_root
 from corral.runtime.procs import describe_returncode
-from corral.spec import Function, JobSpec, JobState
+from corral.spec import Function, JobSpec, JobState, Script
 from corral.status import Failure, JobStatus
 
 from .options import SlurmOptions
@@ -118,6 +118,12 @@ class SlurmBackend(Backend):
             raise SubmitError(f"the slurm backend cannot submit a {type(slurm_plan).__name__}")
         if not os.path.isdir(slurm_plan.workdir):
             raise SubmitError(f"workdir: {slurm_plan.workdir!r} is not a directory")
+        entry = spec.entrypoint
+        if isinstance(entry, Script) and not entry.path.startswith("/") and not os.path.isfile(
+            os.path.join(slurm_plan.workdir, entry.path)
+        ):
+            raise SubmitError(f"entrypoint: script {entry.path!r} not found in "
+                              f"{slurm_plan.workdir}; nothing was submitted")
         record = RunDir.create(slurm_plan.job_id, self.root)
         t = self.transport
         t.make_dirs(f"{slurm_plan.run_dir}/logs")  # Slurm opens the batch log there
