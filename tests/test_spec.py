@@ -37,7 +37,8 @@ def test_defaults_and_world_size() -> None:
         ({"resources": {"memory": "lots"}}, "resources.memory", "lots", "'4G'"),
         ({"resources": {"gpus": -1}}, "resources.gpus", -1, "greater than or equal to 0"),
         ({"args": "--lr 0.1"}, "args", "--lr 0.1", "list of strings"),
-        ({"nodez": 2}, "nodez", 2, "accepted fields: "),
+        ({"nodez": 2}, "nodez", 2, "unknown field; accepted: args, entrypoint"),
+        ({"resources": {"gpu": 1}}, "resources.gpu", 1, "accepted: cpus, gpus, memory_mb"),
     ],
 )
 def test_bad_field_is_named_with_value_and_accepted(

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import functools
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Generic, ParamSpec, TypeVar
@@ -73,14 +72,7 @@ class JobHandle:
 
     def wait(self, timeout: float | None = None, poll: float = 0.05) -> JobStatus:
         """Block until the job ends (or ``timeout`` seconds pass); return its status."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            status = self.status()
-            if status.state.is_terminal():
-                return status
-            if deadline is not None and time.monotonic() >= deadline:
-                return status
-            time.sleep(poll)
+        return self.backend.wait(self.job_id, timeout, poll)
 
     def logs(self, rank: int | None = None) -> str:
         """Everything written so far (one rank's output, or all of it labelled)."""

@@ -180,7 +180,7 @@ class JobSpec(_Frozen):
         try:
             super().__init__(**data)
         except ValidationError as exc:
-            raise spec_error_from(exc, data) from None
+            raise spec_error_from(exc, JobSpec) from None
 
     @property
     def world_size(self) -> int:
@@ -235,18 +235,27 @@ class JobSpec(_Frozen):
         return JobSpec(**data)
 
 
-def spec_error_from(exc: ValidationError, data: Mapping[str, Any]) -> SpecError:
+def _model_at(model: type[BaseModel], path: list[str]) -> type[BaseModel]:
+    """The (nested) model that holds the field at ``path``."""
+    for part in path:
+        field = model.model_fields.get(part)
+        annotation = field.annotation if field else None
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+    return model
+
+
+def spec_error_from(exc: ValidationError, model: type[BaseModel], prefix: str = "") -> SpecError:
     """Turn pydantic's report into field / value / accepted triples."""
     problems: list[tuple[str, Any, str]] = []
     for error in exc.errors(include_url=False):
         loc = [str(p) for p in error["loc"] if p not in ("script", "module", "command", "function")]
-        field = ".".join(loc) or "spec"
+        field = prefix + (".".join(loc) or "spec")
         accepted = str(error["msg"]).removeprefix("Value error, ")
         if error["type"] == "literal_error" and field == "launcher":
             accepted = "accepted: " + ", ".join(LAUNCHERS)
         if error["type"] == "extra_forbidden":
-            accepted = "unknown field; accepted fields: " + ", ".join(
-                sorted(JobSpec.model_fields)
-            )
+            known = _model_at(model, loc[:-1]).model_fields
+            accepted = "unknown field; accepted: " + ", ".join(sorted(known))
         problems.append((field, error.get("input"), accepted))
     return SpecError(problems)

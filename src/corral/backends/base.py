@@ -71,6 +71,15 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def list(self) -> list[JobStatus]: ...
 
+    def wait(self, job_id: str, timeout: float | None = None, poll: float = 0.1) -> JobStatus:
+        """Block until the job ends or ``timeout`` seconds pass; return its status."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not (status := self.describe(job_id)).state.is_terminal():
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            time.sleep(poll)
+        return status
+
     def run(
         self, spec: JobSpec, sink: LineSink | None = None, plan: Plan | None = None
     ) -> JobStatus:
@@ -79,9 +88,7 @@ class Backend(abc.ABC):
         for source, line in self.logs(ref.job_id, follow=True):
             if sink is not None:
                 sink(source, line)
-        while not (status := self.describe(ref.job_id)).state.is_terminal():
-            time.sleep(0.2)
-        return status
+        return self.wait(ref.job_id)
 
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "capabilities": self.capabilities}

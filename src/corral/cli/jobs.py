@@ -115,15 +115,11 @@ def wait_command(job_ids: tuple[str, ...], timeout: float | None) -> int:
     deadline = None if timeout is None else time.monotonic() + timeout
     worst = 0
     for job_id in job_ids:
-        engine = backend_of(job_id)
-        while True:
-            status = engine.describe(job_id)
-            if status.state.is_terminal():
-                break
-            if deadline is not None and time.monotonic() > deadline:
-                click.echo(f"{job_id}: still {status.state.value}", err=True)
-                return 124
-            time.sleep(0.1)
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        status = backend_of(job_id).wait(job_id, timeout=left)
+        if not status.state.is_terminal():
+            click.echo(f"{job_id}: still {status.state.value}", err=True)
+            return 124
         click.echo(f"{job_id}: {status.state.value}")
         if status.state is not JobState.SUCCEEDED:
             worst = worst or status.returncode

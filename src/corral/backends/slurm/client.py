@@ -295,11 +295,6 @@ class SlurmBackend(Backend):
                 out.append(self.describe(run.job_id))
         return out
 
-    def wait(self, job_id: str, timeout: float | None = None) -> JobStatus:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not (status := self.describe(job_id)).state.is_terminal():
-            if deadline is not None and time.monotonic() > deadline:
-                break
-            time.sleep(self.options.poll_seconds)
-        return status
-
+    def wait(self, job_id: str, timeout: float | None = None, poll: float | None = None
+             ) -> JobStatus:
+        return super().wait(job_id, timeout, self.options.poll_seconds if poll is None else poll)

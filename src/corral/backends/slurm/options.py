@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from corral.errors import SpecError
+from corral.spec import spec_error_from
 
 _NAME = r"^[A-Za-z0-9_.+-]+$"
 _ARRAY = re.compile(r"^\d+(-\d+(:\d+)?)?(,\d+(-\d+(:\d+)?)?)*(%\d+)?$")
@@ -49,7 +49,7 @@ class SlurmOptions(BaseModel):
         try:
             super().__init__(**data)
         except ValidationError as exc:
-            raise _options_error(exc) from None
+            raise spec_error_from(exc, SlurmOptions, prefix="slurm.") from None
 
     @field_validator("array")
     @classmethod
@@ -74,17 +74,6 @@ class SlurmOptions(BaseModel):
                     f"{line!r}: give one option per item, like '--mail-type=END', no newlines"
                 )
         return lines
-
-
-def _options_error(exc: ValidationError) -> SpecError:
-    problems = []
-    for error in exc.errors(include_url=False):
-        field = "slurm." + ".".join(str(p) for p in error["loc"])
-        message = str(error["msg"]).removeprefix("Value error, ")
-        if error["type"] == "extra_forbidden":
-            message = "unknown option; accepted: " + ", ".join(sorted(SlurmOptions.model_fields))
-        problems.append((field, error.get("input"), message))
-    return SpecError(problems)
 
 
 def slurm_time(seconds: float) -> str:
