@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -40,5 +41,13 @@ def main(argv: list[str] | None = None) -> int:
     return int(result or 0)
 
 
+def entry() -> None:
+    """The console script: run, flush, and leave without tearing down every module."""
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -1,5 +1,3 @@
-import sys
+from corral.cli import entry
 
-from corral.cli import main
-
-sys.exit(main())
+entry()

@@ -69,6 +69,16 @@ def parse_srun_failure(text: str) -> tuple[str, int, int] | None:
     return match.group("host"), first_task, code
 
 
+def _slurm_time(text: str | None) -> float | None:
+    """Seconds since the epoch from Slurm's 2026-11-27T22:27:54 (local time); None if unset."""
+    if not text or text in ("Unknown", "None", "N/A"):
+        return None
+    try:
+        return time.mktime(time.strptime(text, "%Y-%m-%dT%H:%M:%S"))
+    except ValueError:
+        return None
+
+
 def expand_nodelist(nodelist: str) -> list[str]:
     """node[1-3,5],gpu7 -> node1 node2 node3 node5 gpu7 (what scontrol show hostnames does)."""
     hosts: list[str] = []
@@ -210,10 +220,10 @@ class SlurmBackend(Backend):
         reason = first.get("Reason", "None")
         status.reason = "" if reason in ("None", "(null)") else reason
         status.notes = [f"slurm job {record['slurm_job_id']} on {first.get('NodeList', '?')}"]
-        if status.started is None and status.state is not JobState.PENDING:
-            status.started = time.time()
+        if status.state is not JobState.PENDING:
+            status.started = _slurm_time(first.get("StartTime")) or status.started or time.time()
         if status.state.is_terminal():
-            status.finished = time.time()
+            status.finished = _slurm_time(first.get("EndTime")) or time.time()
             if status.state is JobState.TIMEOUT:
                 status.reason = "time limit reached (Slurm TIMEOUT)"
             elif status.state is JobState.CANCELLED:
