@@ -119,3 +119,27 @@ def test_unknown_job_id() -> None:
 def test_help(args: list[str]) -> None:
     done = corral(*args)
     assert done.returncode == 0 and "Usage" in done.stdout
+
+
+def test_ctrl_c_stops_every_rank(programs: Path, corral_home: Path) -> None:
+    import signal
+
+    proc = subprocess.Popen(
+        [*CORRAL, "run", "--nodes", "2", "--procs-per-node", "2", str(programs / "misbehave.py"),
+         "--", "none", "-1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=os.environ.copy(),
+    )
+    runs = corral_home / "runs"
+    deadline = time.monotonic() + 30
+    while not list(runs.glob("*/logs/rank-3.log")) or "started" not in (
+        next(runs.glob("*/logs/rank-3.log")).read_text()
+    ):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "CANCELLED" in err
+    run_dir = next(runs.iterdir())
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "CANCELLED"
+    assert leftover_processes(run_dir, run_dir.name) == []

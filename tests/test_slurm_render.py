@@ -204,3 +204,24 @@ def test_cli_dry_run_prints_the_script_without_a_cluster(tmp_path: object) -> No
          "-o", "partiton=debug", "train.py"], capture_output=True, text=True, cwd=str(tmp_path))
     assert bad.returncode == 2
     assert "slurm.partiton: got 'debug'; unknown field; accepted: account" in bad.stderr
+
+
+def test_snapshot_is_git_aware(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from corral.backends.slurm.snapshot import snapshot_files
+
+    repo = Path(str(tmp_path))
+    (repo / "pkg").mkdir()
+    (repo / "train.py").write_text("print(1)\n")
+    (repo / "pkg" / "model.py").write_text("x = 1\n")
+    (repo / "new_untracked.py").write_text("y = 2\n")
+    (repo / "outputs").mkdir()
+    (repo / "outputs" / "big.ckpt").write_text("weights")
+    (repo / ".gitignore").write_text("outputs/\n")
+    plain = snapshot_files(str(repo))  # not a git work tree yet: everything but caches
+    assert "outputs/big.ckpt" in plain and "train.py" in plain
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run(["git", "-C", str(repo), "add", "train.py", "pkg", ".gitignore"], check=True)
+    assert snapshot_files(str(repo)) == sorted(
+        [".gitignore", "new_untracked.py", "pkg/model.py", "train.py"])

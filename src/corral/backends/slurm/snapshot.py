@@ -29,7 +29,7 @@ def _git_files(workdir: str) -> list[str] | None:
     if done.returncode != 0:
         return None
     names = [n.decode("utf-8", "surrogateescape") for n in done.stdout.split(b"\0") if n]
-    return [n for n in names if os.path.isfile(os.path.join(workdir, n))]
+    return sorted(n for n in names if os.path.isfile(os.path.join(workdir, n)))
 
 
 def _walk_files(workdir: str) -> list[str]:
