@@ -45,6 +45,7 @@ class NodeAgent:
         self.children: dict[int, dict[str, Any]] = {}  # pid -> process entry
         self.grace = float(plan.get("grace", 1.0))
         self.base_env = dict(os.environ)  # what the ranks inherit, before our own changes
+        self.function: Any = None  # a function job's (fn, args, kwargs), loaded before forking
 
     def emit(self, **event: Any) -> None:
         event.setdefault("node", self.plan["node_rank"])
@@ -136,7 +137,7 @@ class NodeAgent:
             try:
                 self._child_setup(entry)
                 env = {**self.base_env, **entry["env"]}
-                code = _run_in_child(self.plan["target"], env, getattr(self, "function", None))
+                code = _run_in_child(self.plan["target"], env, self.function)
             finally:
                 os._exit(code)
         self._started(pid, entry)
