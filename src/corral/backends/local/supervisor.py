@@ -80,20 +80,13 @@ class Supervisor:
 
     def _start(self) -> None:
         run = self.run
-        ranks: list[RankStatus] = []
         for node in self.plan["nodes"]:
             for path, text in node.get("files", {}).items():
                 Path(path).write_text(text, encoding="utf-8")
-            ranks.extend(
-                RankStatus(rank=p["rank"], node=node["node_rank"])
-                for p in node["processes"] if p["rank"] is not None
-            )
-        ranks_by_number = {r.rank: r for r in ranks}
-        for rank in range(self.plan["world_size"]):
-            ranks_by_number.setdefault(
-                rank, RankStatus(rank=rank, node=rank // self.plan["procs_per_node"])
-            )
-        self.status.ranks = [ranks_by_number[r] for r in sorted(ranks_by_number)]
+        per_node = self.plan["procs_per_node"]
+        self.status.ranks = [
+            RankStatus(rank=r, node=r // per_node) for r in range(self.plan["world_size"])
+        ]
         self.status.state = JobState.RUNNING
         self.status.started = time.time()
         agent_dir = run.path / "agents"
