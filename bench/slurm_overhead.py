@@ -87,7 +87,8 @@ GOAL = 1.05
 TIMES = "\N{MULTIPLICATION SIGN}"
 DASH = "\N{EN DASH}"
 GOLDEN = (5**0.5 - 1) / 2  # phase step between rounds: spreads evenly for any count
-CORRAL_COMMAND = ["sh", "-c", "echo $RANK $(hostname)"]
+# Both jobs sleep $CORRAL_BENCH_SLEEP s first (--job-seconds; sbatch exports the environment).
+CORRAL_COMMAND = ["sh", "-c", "sleep ${CORRAL_BENCH_SLEEP:-0}; echo $RANK $(hostname)"]
 # States squeue may still print for a job that has ended; anything else is active.
 FINISHED = {"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "PREEMPTED",
             "BOOT_FAIL", "DEADLINE", "OUT_OF_MEMORY", "REVOKED", "SPECIAL_EXIT"}
@@ -396,7 +397,8 @@ def run_all(cluster: Cluster, corral: Path, python: str, rounds: int, timeout_s:
         scratch = Path(tmp)
         workdir, home = scratch / "work", scratch / "corral-home"
         workdir.mkdir()
-        env = {**cluster.env, "CORRAL_HOME": str(home)}
+        env = {**cluster.env, "CORRAL_HOME": str(home),
+               "CORRAL_BENCH_SLEEP": os.environ.get("CORRAL_BENCH_SLEEP", "0")}
         ctx = Context(env, cluster.nodes, workdir, home, corral_argv(corral, python), timeout_s)
         for number in range(rounds + 1):
             phase = None if number == 0 or random_phase else (offset + number * GOLDEN) % 1.0
@@ -486,8 +488,9 @@ def machine_info(cluster: Cluster, corral: Path) -> dict[str, Any]:
 def print_report(info: dict[str, Any], outcomes: list[Outcome], rounds: int,
                  random_phase: bool) -> None:
     phases = "random start times" if random_phase else "start phases spread over the second"
-    print(f"\n## Slurm submission overhead: 2 nodes x 1 task, median of {rounds} round(s) "
-          f"after 1 warm-up ({phases})\n")
+    length = os.environ.get("CORRAL_BENCH_SLEEP", "0")
+    print(f"\n## Slurm submission overhead: 2 nodes x 1 task, each sleeping {length} s, "
+          f"median of {rounds} round(s) after 1 warm-up ({phases})\n")
     print(f"machine: {info['nproc']} CPUs, load {info['load_avg_1m_at_start']} at start → "
           f"{os.getloadavg()[0]:.2f} at end; {info['platform']}; {info['slurm']}")
     if info["cluster_started_here"]:
@@ -551,11 +554,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="seconds one run may take before it counts as failed")
     parser.add_argument("--idle-timeout", type=float, default=60.0,
                         help="seconds to wait for other jobs to leave before each run")
+    parser.add_argument("--job-seconds", type=float, default=0.0,
+                        help="each job sleeps this long first: a longer job (default: 0)")
     parser.add_argument("--random-phase", action="store_true",
                         help="start runs whenever they come, not spread over the second")
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds = 2
+    os.environ["CORRAL_BENCH_SLEEP"] = f"{args.job_seconds:g}"
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
     if not args.corral.exists():

@@ -6,4 +6,4 @@
 #SBATCH --nodes=2
 #SBATCH --ntasks-per-node=1
 #SBATCH --output=slurm-hello-%j.out
-srun sh -c 'echo $SLURM_PROCID $(hostname)'
+srun sh -c 'sleep ${CORRAL_BENCH_SLEEP:-0}; echo $SLURM_PROCID $(hostname)'
