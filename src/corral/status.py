@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from corral.runtime.procs import describe_returncode
 from corral.spec import JobState
 
 
@@ -108,5 +107,3 @@ class JobStatus:
             data["failure"] = Failure(**data["failure"])
         return cls(**data)
 
-
-__all__ = ["Failure", "JobStatus", "RankStatus", "describe_returncode"]

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from corral.logs import LogSource
+from corral.logs import LogFollower, LogSource
 from corral.spec import JobSpec
 from corral.status import JobStatus
 
@@ -70,6 +70,16 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def list(self) -> list[JobStatus]: ...
+
+    def follow(self, job_id: str, follower: LogFollower, follow: bool,
+               poll: float = 0.1) -> Iterator[tuple[LogSource, str]]:
+        """New lines from ``follower``, until the job ends when ``follow`` is set."""
+        while True:
+            done = not follow or self.describe(job_id).state.is_terminal()
+            yield from follower.poll(final=done)
+            if done:
+                return
+            time.sleep(poll)
 
     def wait(self, job_id: str, timeout: float | None = None, poll: float = 0.1) -> JobStatus:
         """Block until the job ends or ``timeout`` seconds pass; return its status."""

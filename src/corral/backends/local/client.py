@@ -229,13 +229,7 @@ class LocalBackend(Backend):
         self, job_id: str, rank: int | None = None, follow: bool = False
     ) -> Iterator[tuple[LogSource, str]]:
         run = RunDir.find(job_id, self.root)
-        follower = LogFollower(run.logs, rank)
-        while True:
-            done = not follow or self.describe(job_id).state.is_terminal()
-            yield from follower.poll(final=done)
-            if done:
-                return
-            time.sleep(0.1)
+        return self.follow(job_id, LogFollower(run.logs, rank), follow)
 
     def cancel(self, job_id: str, timeout: float = 10.0) -> JobStatus:
         run = RunDir.find(job_id, self.root)

@@ -7,14 +7,12 @@ starting anything.
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from corral.errors import SubmitError
 from corral.launchers import NodeContext, ProcessLaunch, get_launcher
-from corral.launchers.base import node_ranks
 from corral.spec import Function, JobSpec, Module, Script
 
 LOCAL_HOST = "127.0.0.1"
@@ -241,14 +239,3 @@ def render(
         nodes=tuple(nodes), workdir=workdir, time_limit=spec.time_limit,
         world_size=spec.world_size, procs_per_node=spec.procs_per_node,
     )
-
-
-def rank_label(rank: int, procs_per_node: int) -> str:
-    return f"n{rank // procs_per_node} r{rank}"
-
-
-def node_of(rank: int, procs_per_node: int) -> int:
-    return rank // procs_per_node
-
-
-__all__ = ["LocalOptions", "LocalPlan", "Machine", "NodePlan", "node_ranks", "render", "shlex"]

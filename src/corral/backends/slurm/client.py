@@ -279,12 +279,7 @@ class SlurmBackend(Backend):
         log_dir = f"{record['run_dir']}/logs"
         follower = LogFollower(Path(log_dir), rank, reader=self.transport.read_bytes,
                                lister=lambda: self.transport.list_dir(log_dir))
-        while True:
-            done = not follow or self.describe(job_id).state.is_terminal()
-            yield from follower.poll(final=done)
-            if done:
-                return
-            time.sleep(self.options.poll_seconds)
+        return self.follow(job_id, follower, follow, self.options.poll_seconds)
 
     def cancel(self, job_id: str, timeout: float = 30.0) -> JobStatus:
         status = self.describe(job_id)
