@@ -235,3 +235,19 @@ def test_ssh_submission_end_to_end(cluster: object, tmp_path: Path) -> None:
     status_cli = subprocess.run([sys.executable, "-m", "corral.cli", "status", handle.job_id],
                                 capture_output=True, text=True, check=True)
     assert "SUCCEEDED" in status_cli.stdout
+
+
+def test_cli_detach_then_wait_logs_status_cancel(cluster: object) -> None:
+    def corral(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "corral.cli", *args], capture_output=True,
+                              text=True, timeout=120)
+
+    job_id = corral("run", "--backend", "slurm", "--detach", "-o", f"python={sys.executable}",
+                    "--nodes", "2", "sh", "-c", "echo hello from $RANK").stdout.strip()
+    assert corral("wait", job_id).stdout.strip() == f"{job_id}: SUCCEEDED"
+    assert sorted(corral("logs", job_id).stdout.splitlines()) == [
+        "[n0 r0] hello from 0", "[n1 r1] hello from 1"]
+    assert corral("logs", job_id, "--rank", "1").stdout == "hello from 1\n"
+    status = corral("status", job_id)
+    assert "SUCCEEDED" in status.stdout and "rank 1 node 1" in status.stdout
+    assert corral("cancel", job_id).stdout.strip() == f"{job_id}: SUCCEEDED"  # finished: as is

@@ -17,7 +17,7 @@ from corral.logs import LogFollower, LogSource
 from corral.rundir import RunDir, iter_run_dirs, new_job_id, runs_root
 from corral.runtime.procs import describe_returncode
 from corral.spec import Function, JobSpec, JobState, Script
-from corral.status import Failure, JobStatus
+from corral.status import Failure, JobStatus, RankStatus
 
 from .options import SlurmOptions
 from .render import SlurmPlan, render
@@ -230,8 +230,23 @@ class SlurmBackend(Backend):
                 status.reason = "cancelled"
             elif status.state is JobState.FAILED:
                 self._attribute_failure(status, record, first)
+        self._rank_states(status)
+        if status.state.is_terminal():
             run.write_status(status)
         return status
+
+    @staticmethod
+    def _rank_states(status: JobStatus) -> None:
+        """Per-rank records: the job's state, the failing rank FAILED, the others stopped."""
+        failed = status.failure.rank if status.failure else None
+        others = JobState.CANCELLED if status.state is JobState.FAILED else status.state
+        status.ranks = [
+            RankStatus(rank=r, node=r // status.procs_per_node,
+                       state=JobState.FAILED if r == failed else others,
+                       returncode=status.failure.returncode if status.failure and r == failed
+                       else (0 if status.state is JobState.SUCCEEDED else None))
+            for r in range(status.nodes * status.procs_per_node)
+        ]
 
     def _log_text(self, record: dict[str, Any], name: str) -> str:
         try:
