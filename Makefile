@@ -6,7 +6,7 @@ TORCH := torch==2.13.0
 
 .PHONY: demo test lint unit bench system-deps slurm-up slurm-down clean
 # Debian packages the tests use: Open MPI, and a real Slurm cluster with ssh for submission.
-APT_PACKAGES := openmpi-bin libopenmpi-dev slurmctld slurmd slurm-client munge \
+APT_PACKAGES := openmpi-bin libopenmpi-dev mpich slurmctld slurmd slurm-client munge \
 	openssh-server openssh-client rsync iproute2 util-linux procps
 
 $(VENV)/.installed: pyproject.toml

@@ -36,23 +36,25 @@ def hostile_spec(programs: Path, out: Path, launcher: str, **fields: object) -> 
 
 
 LAUNCHERS = [
-    pytest.param("none", True, id="none-fork"),
-    pytest.param("none", False, id="none-exec"),
-    pytest.param("torchrun", False, id="torchrun-agent"),
-    pytest.param("mpirun", False, id="mpirun"),
+    pytest.param("none", True, "openmpi", id="none-fork"),
+    pytest.param("none", False, "openmpi", id="none-exec"),
+    pytest.param("torchrun", False, "openmpi", id="torchrun-agent"),
+    pytest.param("mpirun", False, "openmpi", id="mpirun-openmpi"),
+    pytest.param("mpirun", False, "mpich", id="mpirun-mpich"),
 ]
+MPI_TOOL = {"openmpi": "mpirun", "mpich": "mpiexec.hydra"}
 
 
-@pytest.mark.parametrize(("launcher", "fork"), LAUNCHERS)
+@pytest.mark.parametrize(("launcher", "fork", "mpi"), LAUNCHERS)
 def test_hostile_values_reach_the_program_literally(
-    programs: Path, tmp_path: Path, launcher: str, fork: bool
+    programs: Path, tmp_path: Path, launcher: str, fork: bool, mpi: str
 ) -> None:
     if launcher == "mpirun":
-        require(shutil.which("mpirun") is not None, "Open MPI (openmpi-bin) not installed")
+        require(shutil.which(MPI_TOOL[mpi]) is not None, f"{MPI_TOOL[mpi]} not installed")
     canary = Path("/tmp/corral-pwned")
     canary.unlink(missing_ok=True)
     spec = hostile_spec(programs, tmp_path, launcher, nodes=2, procs_per_node=1,
-                        preload=None if fork else [])
+                        preload=None if fork else [], mpi=mpi)
     status = LocalBackend(LocalOptions(fork=fork)).run(spec)
     assert status.state is JobState.SUCCEEDED, status.summary()
     ranks = read_rank_outputs(tmp_path)

@@ -111,9 +111,13 @@ def test_mpirun_mpich() -> None:
     launch = get_launcher("mpirun").render_node(spec("mpirun", mpi="mpich"), ctx(0))
     assert dict(launch.files) == {"/runs/job-1/hostfile": "node-a:2\nnode-b:2\n"}
     argv = launch.processes[0].argv
-    assert argv[:5] == ("mpiexec", "-n", "4", "-f", "/runs/job-1/hostfile")
+    assert argv[:5] == ("mpiexec.hydra", "-n", "4", "-f", "/runs/job-1/hostfile")
     assert argv[5] == "-envlist" and "MASTER_ADDR" in argv[6].split(",")
-    assert 'RANK="$PMI_RANK"' in argv[argv.index("-c") + 1]
+    script = argv[argv.index("-c") + 1]
+    assert script.startswith('RANK="$PMI_RANK"; ')
+    assert script.endswith('exec 3>&2; "$@"; rc=$?; if [ "$rc" -ne 0 ]; then '
+                           'echo "corral: rank $RANK exited with code $rc" >&3; '
+                           'kill -KILL $$; fi; exit 0')
 
 
 @pytest.mark.parametrize("node", [0, 1])
@@ -212,6 +216,8 @@ def test_failure_parsers() -> None:
     sig = "mpirun noticed that process rank 1 with PID 77 on node box exited on signal 9 (Killed)."
     found = parse_mpirun(sig)
     assert found is not None and (found.rank, found.returncode) == (1, -9)
+    found = parse_mpirun("noise\ncorral: rank 5 exited with code 42\n= BAD TERMINATION")
+    assert found is not None and (found.rank, found.returncode) == (5, 42)
     assert parse_torchrun("nothing here") is None and parse_mpirun("") is None
 
 

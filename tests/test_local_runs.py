@@ -121,3 +121,29 @@ def test_deepspeed_launcher_two_emulated_nodes(programs: Path, tmp_path: Path) -
     ranks = check_allreduce(tmp_path, 2, 1)
     assert [r["argv"] for r in ranks.values()] == [["--local_rank=0", str(tmp_path)]] * 2
     assert leftover_processes(status.run_dir or "", status.job_id) == []
+
+
+def test_mpich_hydra_2x2_allreduce(programs: Path, tmp_path: Path) -> None:
+    """MPICH's hydra (Debian's mpich package) with mpi4py loading MPICH's library."""
+    require(shutil.which("mpiexec.hydra") is not None, "MPICH (mpich) not installed")
+    require(importlib.util.find_spec("mpi4py") is not None, "mpi4py not installed")
+    libmpich = Path("/usr/lib/x86_64-linux-gnu/libmpich.so.12")
+    require(libmpich.exists(), f"{libmpich} not found")
+    # Debian names MPICH's library libmpich.so.12; mpi4py's MPICH ABI looks for libmpi.so.12.
+    libs = tmp_path / "lib"
+    libs.mkdir()
+    (libs / "libmpi.so.12").symlink_to(libmpich)
+    out = tmp_path / "out"
+    out.mkdir()
+    spec = JobSpec(name="mpich", entrypoint={"kind": "script", "path": str(programs /
+                   "mpi_allreduce.py")}, args=[str(out)], nodes=2, procs_per_node=2,
+                   launcher="mpirun", mpi="mpich",
+                   env={"MPI4PY_MPIABI": "mpich", "LD_LIBRARY_PATH": str(libs)})
+    status = LocalBackend().run(spec)
+    assert status.state is JobState.SUCCEEDED, status.summary()
+    ranks = read_rank_outputs(out)
+    assert sorted(ranks) == [0, 1, 2, 3]
+    for rank, record in ranks.items():
+        assert record["sum"] == 10 and record["mpi_size"] == 4
+        assert record["env"]["RANK"] == str(rank) and record["env"]["NODE_RANK"] == str(rank // 2)
+    assert "-f" in (Path(status.run_dir or "") / "plan.json").read_text()

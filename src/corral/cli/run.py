@@ -78,6 +78,8 @@ def entry_from_command(command: tuple[str, ...], module: str | None) -> dict[str
 @click.option("--nodes", type=int, help="Number of nodes (emulated on the local backend).")
 @click.option("--procs-per-node", type=int, help="Ranks per node.")
 @click.option("--launcher", type=click.Choice(LAUNCHERS), help="How ranks are started.")
+@click.option("--mpi", type=click.Choice(["openmpi", "mpich"]),
+              help="MPI for --launcher mpirun: Open MPI's mpirun or MPICH's hydra.")
 @click.option("--env", "env_pairs", multiple=True, metavar="K=V", help="Set a variable.")
 @click.option("--time-limit", help="Wall-clock limit: 90, 90s, 30m, 1h30m, HH:MM:SS.")
 @click.option("--max-restarts", type=int, help="torchrun restarts before failing.")
@@ -92,7 +94,8 @@ def entry_from_command(command: tuple[str, ...], module: str | None) -> dict[str
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def run_command(
     backend: str, option_pairs: tuple[str, ...], job_file: str | None, name: str | None,
-    nodes: int | None, procs_per_node: int | None, launcher: str | None, env_pairs: tuple[str, ...],
+    nodes: int | None, procs_per_node: int | None, launcher: str | None, mpi: str | None,
+    env_pairs: tuple[str, ...],
     time_limit: str | None, max_restarts: int | None, cpus: float | None,
     memory: str | None, gpus: int | None, workdir: str | None, module: str | None,
     no_fork: bool, dry_run: bool, detach: bool, command: tuple[str, ...],
@@ -117,6 +120,7 @@ def run_command(
         raise click.UsageError("give a script, -m MODULE, a command, or -f JOB_FILE")
     flags = {
         "name": name, "nodes": nodes, "procs_per_node": procs_per_node, "launcher": launcher,
+        "mpi": mpi,
         "time_limit": time_limit, "max_restarts": max_restarts, "workdir": workdir,
     }
     fields.update({k: v for k, v in flags.items() if v is not None})

@@ -20,6 +20,7 @@ _TORCHRUN_ROOT = re.compile(r"Root Cause \(first observed failure\):(?P<body>.*?
 _TORCHRUN_RANK = re.compile(r"^\s*rank\s*:\s*(\d+)", re.M)
 _TORCHRUN_EXIT = re.compile(r"^\s*exitcode\s*:\s*(-?\d+)", re.M)
 
+_SHIM_REPORT = re.compile(r"corral: rank (\d+) exited with code (\d+)")
 _MPI_FIRST = re.compile(r"Process name:\s*\[\[\d+,\d+\],(\d+)\]\s*\n\s*Exit code:\s*(\d+)")
 _MPI_SIGNAL = re.compile(r"process rank (\d+) with PID \d+ on node \S+ exited on signal (\d+)")
 
@@ -37,8 +38,9 @@ def parse_torchrun(text: str) -> RankFailure | None:
 
 
 def parse_mpirun(text: str) -> RankFailure | None:
-    """Open MPI's 'The first process to do so was: Process name [[j,1],R] Exit code N'."""
-    match = _MPI_FIRST.search(text)
+    """Open MPI's 'The first process to do so was: Process name [[j,1],R] Exit code N', or
+    the report of corral's MPICH rank shim."""
+    match = _SHIM_REPORT.search(text) or _MPI_FIRST.search(text)
     if match:
         return RankFailure(int(match.group(1)), int(match.group(2)))
     match = _MPI_SIGNAL.search(text)

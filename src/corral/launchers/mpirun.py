@@ -26,6 +26,15 @@ _COMMON = (
     'export RANK LOCAL_RANK="$((RANK % LOCAL_WORLD_SIZE))" '
     'NODE_RANK="$((RANK / LOCAL_WORLD_SIZE))" GROUP_RANK="$((RANK / LOCAL_WORLD_SIZE))"; '
 )
+# MPICH's hydra stops the other ranks when one dies by a signal, but waits for them when
+# one merely exits non-zero. So under MPICH the shim stays the rank's parent: on a
+# non-zero exit it reports the rank to hydra's output (fd 3) and kills itself, which
+# makes hydra clean up. Open MPI stops the others on any non-zero exit by itself.
+_MPICH_SAVE_STDERR = "exec 3>&2; "
+_MPICH_TAIL = (
+    '"$@"; rc=$?; if [ "$rc" -ne 0 ]; then '
+    'echo "corral: rank $RANK exited with code $rc" >&3; kill -KILL $$; fi; exit 0'
+)
 
 
 class MpirunLauncher:
@@ -40,7 +49,7 @@ class MpirunLauncher:
         names = sorted(env)
         if flavor == "mpich":
             head: tuple[str, ...] = (
-                "mpiexec", "-n", str(spec.world_size), "-f", ctx.hostfile,
+                "mpiexec.hydra", "-n", str(spec.world_size), "-f", ctx.hostfile,
                 "-envlist", ",".join(names),
             )
         else:
@@ -49,7 +58,12 @@ class MpirunLauncher:
                 "mpirun", "-np", str(spec.world_size), "--hostfile", ctx.hostfile,
                 "--map-by", "slot", *exports,
             )
-        shim = rank_shim(ctx, _DERIVE[flavor] + _COMMON)
+        derive = _DERIVE[flavor] + _COMMON
+        if flavor == "mpich":
+            shim = rank_shim(ctx, derive + _MPICH_SAVE_STDERR)
+            shim = (*shim[:2], shim[2].replace('exec "$@"', _MPICH_TAIL), *shim[3:])
+        else:
+            shim = rank_shim(ctx, derive)
         argv = (*head, *spec.launcher_args, *shim, *program_argv(spec, ctx))
         launch = ProcessLaunch(argv, env, log_name=f"node-{ctx.node_rank}.log")
         return NodeLaunch(0, (launch,), files=files, ranks=tuple(range(spec.world_size)))

@@ -95,7 +95,7 @@ class LocalBackend(Backend):
         if spec.launcher in needs and importlib.util.find_spec(needs[spec.launcher][0]) is None:
             raise MissingDependency(needs[spec.launcher][1], purpose=f"by launcher {spec.launcher}")
         if spec.launcher == "mpirun":
-            tool = "mpiexec" if spec.mpi == "mpich" else "mpirun"
+            tool = "mpiexec.hydra" if spec.mpi == "mpich" else "mpirun"
             if shutil.which(tool) is None:
                 package = "mpich" if spec.mpi == "mpich" else "openmpi-bin"
                 raise SubmitError(
