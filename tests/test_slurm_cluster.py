@@ -251,3 +251,28 @@ def test_cli_detach_then_wait_logs_status_cancel(cluster: object) -> None:
     status = corral("status", job_id)
     assert "SUCCEEDED" in status.stdout and "rank 1 node 1" in status.stdout
     assert corral("cancel", job_id).stdout.strip() == f"{job_id}: SUCCEEDED"  # finished: as is
+
+
+def test_ctrl_c_on_a_foreground_run_cancels_the_slurm_job(cluster: object,
+                                                          corral_home: Path) -> None:
+    import signal
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "corral.cli", "run", "--backend", "slurm", "-o",
+         f"python={sys.executable}", "--nodes", "2", str(PROGRAMS / "misbehave.py"), "--",
+         "none", "-1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while "rank 1 started" not in "".join(
+        p.read_text() for p in (corral_home / "runs").glob("*/logs/rank-1.log")
+    ):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.2)
+    job_id = next((corral_home / "runs").iterdir()).name
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "CANCELLED" in err
+    deadline = time.monotonic() + 20
+    while job_processes(job_id):
+        assert time.monotonic() < deadline, job_processes(job_id)
+        time.sleep(0.2)

@@ -93,12 +93,19 @@ class Backend(abc.ABC):
     def run(
         self, spec: JobSpec, sink: LineSink | None = None, plan: Plan | None = None
     ) -> JobStatus:
-        """Submit, stream the ranks' output to ``sink``, and return the final status."""
+        """Submit, stream the ranks' output to ``sink``, and return the final status.
+
+        Ctrl-C (KeyboardInterrupt) cancels the job and returns its final status, as a local
+        run does: a foreground run never leaves ranks behind.
+        """
         ref = self.submit(spec, plan)
-        for source, line in self.logs(ref.job_id, follow=True):
-            if sink is not None:
-                sink(source, line)
-        return self.wait(ref.job_id)
+        try:
+            for source, line in self.logs(ref.job_id, follow=True):
+                if sink is not None:
+                    sink(source, line)
+            return self.wait(ref.job_id)
+        except KeyboardInterrupt:
+            return self.cancel(ref.job_id)
 
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "capabilities": self.capabilities}
