@@ -85,11 +85,14 @@ def test_torchrun_agent_reports_the_failing_rank(programs: Path, mode: str) -> N
     assert leftover_processes(status.run_dir or "", status.job_id) == []
 
 
-def test_mpirun_reports_the_failing_rank(programs: Path) -> None:
+@pytest.mark.parametrize(("mpi", "tool"), [("openmpi", "mpirun"), ("mpich", "mpiexec.hydra")])
+def test_mpi_rank_exit_fails_the_job_fast_and_is_named(programs: Path, mpi: str,
+                                                       tool: str) -> None:
     import shutil
 
-    require(shutil.which("mpirun") is not None, "Open MPI (openmpi-bin) not installed")
-    spec = misbehave(programs, "exit3", 2, nodes=2, procs_per_node=2, launcher="mpirun")
+    require(shutil.which(tool) is not None, f"{tool} ({mpi}) not installed")
+    spec = misbehave(programs, "exit3", 2, nodes=2, procs_per_node=2, launcher="mpirun",
+                     mpi=mpi)
     status = LocalBackend().run(spec)
     assert status.state is JobState.FAILED
     failure = status.failure
@@ -118,19 +121,3 @@ def test_supervisor_crash_leaves_no_orphans_and_is_reported(programs: Path) -> N
     final = handle.status()
     assert final.state is JobState.FAILED
     assert "supervisor process exited" in final.reason
-
-
-def test_mpich_rank_exit_fails_the_job_fast(programs: Path) -> None:
-    import shutil
-
-    require(shutil.which("mpiexec.hydra") is not None, "MPICH (mpich) not installed")
-    spec = misbehave(programs, "exit3", 2, nodes=2, procs_per_node=2, launcher="mpirun",
-                     mpi="mpich")
-    status = LocalBackend().run(spec)
-    assert status.state is JobState.FAILED
-    failure = status.failure
-    assert failure is not None
-    assert (failure.rank, failure.node, failure.returncode) == (2, 1, 3)
-    assert failure.last_lines[-1] == "rank 2 about to exit3"
-    assert status.duration is not None and status.duration < SLEEPERS_WOULD_TAKE / 4
-    assert leftover_processes(status.run_dir or "", status.job_id) == []
