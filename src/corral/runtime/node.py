@@ -155,11 +155,9 @@ class NodeAgent:
                 pid, status = os.waitpid(-1, 0)
             except ChildProcessError:
                 break
-            entry = self.children.pop(pid, None)
-            if entry is None:
+            code = self._exited(pid, status)
+            if code is None:
                 continue  # an orphaned grandchild re-parented to us (subreaper)
-            code = procs.returncode_from_status(status)
-            self.emit(event="exited", pid=pid, rank=entry.get("rank"), returncode=code)
             if code != 0 and first_failure == 0:
                 first_failure = code if code > 0 else 128 - code
         return first_failure
@@ -186,11 +184,17 @@ class NodeAgent:
         except ChildProcessError:
             return False
         if pid:
-            entry = self.children.pop(pid, None)
-            if entry is not None:
-                code = procs.returncode_from_status(status)
-                self.emit(event="exited", pid=pid, rank=entry.get("rank"), returncode=code)
+            self._exited(pid, status)
         return True
+
+    def _exited(self, pid: int, status: int) -> int | None:
+        """Report one of our processes' exit; None for a re-parented stranger."""
+        entry = self.children.pop(pid, None)
+        if entry is None:
+            return None
+        code = procs.returncode_from_status(status)
+        self.emit(event="exited", pid=pid, rank=entry.get("rank"), returncode=code)
+        return code
 
 
 def _thread_count() -> int:
