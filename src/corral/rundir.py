@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from corral.errors import JobNotFound
+from corral.spec import JobSpec, JobState
 from corral.status import JobStatus
 
 
@@ -99,16 +100,35 @@ class RunDir:
     def read_status(self) -> JobStatus:
         return JobStatus.from_json(self.read_json("status.json"))
 
+    def record_submission(self, spec: JobSpec, backend: str, run_dir: str,
+                          **details: Any) -> JobStatus:
+        """Write job.json (what was submitted where) and the first, PENDING status."""
+        status = JobStatus(
+            job_id=self.job_id, name=spec.name, backend=backend, state=JobState.PENDING,
+            nodes=spec.nodes, procs_per_node=spec.procs_per_node, created=time.time(),
+            run_dir=run_dir,
+        )
+        self.write_json("job.json", {
+            "job_id": self.job_id, "name": spec.name, "backend": backend,
+            "launcher": spec.launcher, "nodes": spec.nodes,
+            "procs_per_node": spec.procs_per_node, "created": status.created,
+            "run_dir": run_dir, **details,
+        })
+        self.write_status(status)
+        return status
 
-def iter_run_dirs(root: Path | None = None) -> Iterator[RunDir]:
-    """Every recorded run, newest first."""
+
+def iter_run_dirs(root: Path | None = None, backend: str | None = None) -> Iterator[RunDir]:
+    """Every recorded run (of one backend, if given), newest first."""
     base = root or runs_root()
     if not base.is_dir():
         return
     entries = [p for p in base.iterdir() if (p / "job.json").exists()]
     entries.sort(key=lambda p: p.stat().st_mtime, reverse=True)
     for path in entries:
-        yield RunDir(path)
+        run = RunDir(path)
+        if backend is None or run.read_json("job.json").get("backend", "local") == backend:
+            yield run
 
 
 def tail_lines(path: Path, count: int = 20, max_bytes: int = 64 * 1024) -> list[str]:

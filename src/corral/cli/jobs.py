@@ -40,11 +40,8 @@ def ps_command(backend: str | None, show_all: bool, as_json: bool) -> int:
     from rich.table import Table
 
     jobs = []
-    for run in iter_run_dirs():
-        record = run.read_json("job.json")
-        if backend and record.get("backend", "local") != backend:
-            continue
-        status = backend_for_job(record).describe(run.job_id)
+    for run in iter_run_dirs(backend=backend):
+        status = backend_for_job(run.read_json("job.json")).describe(run.job_id)
         if show_all or not status.state.is_terminal():
             jobs.append(status)
     if as_json:

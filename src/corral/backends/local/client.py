@@ -140,20 +140,11 @@ class LocalBackend(Backend):
                     "sockets) inside the function"
                 ) from exc
             run.function_payload.write_bytes(data)
-        status = JobStatus(
-            job_id=plan.job_id, name=spec.name, backend=self.name, state=JobState.PENDING,
-            nodes=spec.nodes, procs_per_node=spec.procs_per_node, created=time.time(),
-            run_dir=str(run.path),
-        )
-        run.write_json("job.json", {
-            "job_id": plan.job_id, "name": spec.name, "backend": self.name,
-            "launcher": spec.launcher, "nodes": spec.nodes,
-            "procs_per_node": spec.procs_per_node, "entrypoint": _describe_entry(spec),
-            "args": list(spec.args), "workdir": plan.workdir, "created": status.created,
-            "grace": self.options.grace_seconds,
-        })
         run.write_json("plan.json", plan.to_json())
-        run.write_status(status)
+        status = run.record_submission(
+            spec, self.name, str(run.path), entrypoint=_describe_entry(spec),
+            args=list(spec.args), workdir=plan.workdir, grace=self.options.grace_seconds,
+        )
         return run, status
 
     def _plan(self, spec: JobSpec, plan: Plan | None) -> LocalPlan:
@@ -256,5 +247,4 @@ class LocalBackend(Backend):
         return status
 
     def list(self) -> list[JobStatus]:
-        return [self.describe(run.job_id) for run in iter_run_dirs(self.root)
-                if run.read_json("job.json").get("backend", self.name) == self.name]
+        return [self.describe(run.job_id) for run in iter_run_dirs(self.root, self.name)]

@@ -151,18 +151,8 @@ class SlurmBackend(Backend):
         slurm_id = done.stdout.strip().split(";")[0]
         if not slurm_id.isdigit():
             raise SubmitError(f"sbatch printed {done.stdout!r}, not a job id")
-        status = JobStatus(job_id=slurm_plan.job_id, name=spec.name, backend=self.name,
-                           state=JobState.PENDING, nodes=spec.nodes,
-                           procs_per_node=spec.procs_per_node, created=time.time(),
-                           run_dir=slurm_plan.run_dir)
-        record.write_json("job.json", {
-            "job_id": slurm_plan.job_id, "name": spec.name, "backend": self.name,
-            "slurm_job_id": slurm_id, "run_dir": slurm_plan.run_dir,
-            "launcher": spec.launcher, "nodes": spec.nodes,
-            "procs_per_node": spec.procs_per_node, "created": status.created,
-            "options": self.options.model_dump(mode="json"),
-        })
-        record.write_status(status)
+        record.record_submission(spec, self.name, slurm_plan.run_dir, slurm_job_id=slurm_id,
+                                 options=self.options.model_dump(mode="json"))
         return JobRef(self.name, slurm_plan.job_id)
 
     def slurm_id(self, job_id: str) -> str:
@@ -181,16 +171,13 @@ class SlurmBackend(Backend):
         done = self.transport.run(["scontrol", "show", "job", "-o", slurm_id], check=False)
         if done.returncode == 0:
             return parse_scontrol(done.stdout)
-        # Gone from slurmctld's memory (MinJobAge passed): ask accounting.
-        done = self.transport.run(
-            ["sacct", "-n", "-P", "-X", "-j", slurm_id, "-o", "JobID,State,ExitCode,NodeList"],
-            check=False,
-        )
-        if done.returncode != 0 or not done.stdout.strip():
-            done = self.transport.run(
-                ["sacct", "-c", "-n", "-P", "-j", slurm_id, "-o", "JobID,State,ExitCode,NodeList"],
-                check=False,
-            )
+        # Gone from slurmctld's memory (MinJobAge passed): ask accounting (slurmdbd), else
+        # the job-completion log (`sacct -c`).
+        for source in ("-X", "-c"):
+            done = self.transport.run(["sacct", source, "-n", "-P", "-j", slurm_id, "-o",
+                                       "JobID,State,ExitCode,NodeList"], check=False)
+            if done.returncode == 0 and done.stdout.strip():
+                break
         records = []
         for line in done.stdout.splitlines():
             parts = line.split("|")
@@ -309,11 +296,7 @@ class SlurmBackend(Backend):
         return status
 
     def list(self) -> list[JobStatus]:
-        out = []
-        for run in iter_run_dirs(self.root):
-            if run.read_json("job.json").get("backend") == self.name:
-                out.append(self.describe(run.job_id))
-        return out
+        return [self.describe(run.job_id) for run in iter_run_dirs(self.root, self.name)]
 
     def wait(self, job_id: str, timeout: float | None = None, poll: float | None = None
              ) -> JobStatus:
