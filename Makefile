@@ -1,22 +1,32 @@
 # corral: `make demo` runs the main demo, `make test` runs every check.
 PYTHON ?= python3
-VENV := .venv
-BIN := $(VENV)/bin
 TORCH := torch==2.13.0
+DEEPSPEED := deepspeed==0.19.8
+# The venv (torch alone is several GB from PyPI) is cached outside the clone, keyed by the
+# Python version, pyproject.toml and the pins, so CI on the same machine reuses it; each clone
+# then only re-points the editable install at itself (.corral-installed).
+PYVER := $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+DEPS_KEY := $(shell (cat pyproject.toml; echo $(TORCH) $(DEEPSPEED)) | sha256sum | cut -c1-12)
+VENV ?= $(HOME)/.cache/corral/venv-py$(PYVER)-$(DEPS_KEY)
+BIN := $(VENV)/bin
 
 .PHONY: demo test lint unit bench system-deps slurm-up slurm-down clean
 # Debian packages the tests use: Open MPI, and a real Slurm cluster with ssh for submission.
 APT_PACKAGES := openmpi-bin libopenmpi-dev mpich slurmctld slurmd slurm-client munge \
 	openssh-server openssh-client rsync iproute2 util-linux procps
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.deps:
 	@$(MAKE) --no-print-directory system-deps
-	$(PYTHON) -m venv $(VENV)
+	rm -rf $(VENV) && $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH)" numpy
 	$(BIN)/pip install --quiet -e ".[test]" "$(TORCH)"
-	DS_BUILD_OPS=0 $(BIN)/pip install --quiet --no-build-isolation deepspeed==0.19.8 "$(TORCH)"
+	DS_BUILD_OPS=0 $(BIN)/pip install --quiet --no-build-isolation "$(DEEPSPEED)" "$(TORCH)"
 	touch $@
+
+.corral-installed: $(VENV)/.deps pyproject.toml
+	$(BIN)/pip install --quiet --no-deps -e .
+	echo $(VENV) > $@
 
 system-deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -25,28 +35,28 @@ system-deps:
 	$$SUDO apt-get update -qq && \
 	DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing
 
-demo: $(VENV)/.installed
+demo: .corral-installed
 	$(BIN)/corral run --name mingpt --nodes 2 --procs-per-node 1 --launcher torchrun \
 		examples/mingpt/train.py -- --steps 200 --no-resume
 
-lint: $(VENV)/.installed
+lint: .corral-installed
 	$(BIN)/ruff check src tests bench examples
 	$(BIN)/mypy
 
-unit: $(VENV)/.installed
+unit: .corral-installed
 	$(BIN)/python -m pytest -q
 
 test: lint unit
 
-bench: $(VENV)/.installed
+bench: .corral-installed
 	$(BIN)/python bench/launch_overhead.py
 
 # The Slurm test cluster (controller + 3 nodes in network namespaces), for use by hand.
-slurm-up: $(VENV)/.installed
+slurm-up: .corral-installed
 	$(BIN)/python tests/infra/slurm_cluster.py up
 
 slurm-down:
 	$(PYTHON) tests/infra/slurm_cluster.py down
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build src/*.egg-info
+	rm -rf .corral-installed .mypy_cache .ruff_cache .pytest_cache build src/*.egg-info

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from conftest import leftover_processes
+from corral.spec import JobState
+from corral.store import open_store
 
 CORRAL = [sys.executable, "-m", "corral.cli"]
 
@@ -60,17 +62,17 @@ def test_dry_run_prints_every_node_and_starts_nothing(programs: Path, corral_hom
 
 def test_bad_input_is_a_clear_error_not_a_traceback(programs: Path, tmp_path: Path) -> None:
     done = corral("run", "--nodes", "0", "--time-limit", "soon", str(programs / "echo_args.py"))
-    assert done.returncode == 2
+    assert done.returncode == 125
     assert "nodes: got 0" in done.stderr and "time_limit: got 'soon'" in done.stderr
     assert "Traceback" not in done.stderr
     missing = corral("run", "nope.py", cwd=tmp_path)
-    assert missing.returncode == 2 and "script 'nope.py' not found" in missing.stderr
+    assert missing.returncode == 125 and "script 'nope.py' not found" in missing.stderr
     env = corral("run", "--env", "NOEQUALS", "true")
-    assert env.returncode == 2 and "KEY=VALUE" in env.stderr
+    assert env.returncode == 125 and "KEY=VALUE" in env.stderr
     bad_file = tmp_path / "job.yaml"
     bad_file.write_text("script: x.py\nlauncher: slurm\n", encoding="utf-8")
     done = corral("run", "-f", str(bad_file))
-    assert done.returncode == 2 and "launcher: got 'slurm'" in done.stderr
+    assert done.returncode == 125 and "launcher: got 'slurm'" in done.stderr
 
 
 def test_job_file_with_flag_override(programs: Path, tmp_path: Path) -> None:
@@ -112,7 +114,7 @@ def test_detach_ps_status_logs_cancel_wait(programs: Path) -> None:
 
 def test_unknown_job_id() -> None:
     done = corral("status", "no-such-job")
-    assert done.returncode == 2 and "no job 'no-such-job'" in done.stderr
+    assert done.returncode == 125 and "no job 'no-such-job'" in done.stderr
 
 
 @pytest.mark.parametrize("args", [["--help"], ["run", "--help"]])
@@ -141,5 +143,7 @@ def test_ctrl_c_stops_every_rank(programs: Path, corral_home: Path) -> None:
     assert proc.returncode == 130, err
     assert "CANCELLED" in err
     run_dir = next(runs.iterdir())
-    assert json.loads((run_dir / "status.json").read_text())["state"] == "CANCELLED"
+    record = open_store().get(run_dir.name)
+    assert record.state is JobState.CANCELLED
+    assert [e.source for e in open_store().events(run_dir.name)][-1] == "user"
     assert leftover_processes(run_dir, run_dir.name) == []

@@ -18,6 +18,7 @@ HEADER = """\
 #!/bin/bash
 # corral job j-1: rendered by corral, submitted as is
 #SBATCH --job-name=train
+#SBATCH --comment=corral-job=j-1
 #SBATCH --nodes=2
 #SBATCH --ntasks-per-node={tasks}
 #SBATCH --output=/shared/j-1/logs/batch-%j.log
@@ -107,13 +108,13 @@ def test_every_option_renders_its_sbatch_line() -> None:
                   array="0-3%2", dependency="afterok:41", exclusive=True,
                   extra_sbatch=["--mail-type=END"])
     lines = [line.removeprefix("#SBATCH ") for line in text.splitlines() if "#SBATCH" in line]
-    assert lines[5:] == [
+    assert lines[6:] == [
         "--partition=gpu", "--account=proj1", "--qos=high", "--reservation=res1",
         "--constraint=a100&ib", "--array=0-3%2", "--dependency=afterok:41", "--time=01:30:00",
         "--cpus-per-task=4", "--mem=16384M", "--gpus-per-node=2", "--exclusive", "--nice=5",
         "--mail-type=END",
     ]
-    assert lines[3] == "--output=/shared/j-1/logs/batch-%A_%a.log"
+    assert lines[4] == "--output=/shared/j-1/logs/batch-%A_%a.log"
     assert "--gres=gpu:a100:2" in script(s, gres="gpu:a100:2")
     assert "--gpus-per-node" not in script(s, gres="gpu:a100:2")
 
@@ -202,7 +203,7 @@ def test_cli_dry_run_prints_the_script_without_a_cluster(tmp_path: object) -> No
     bad = subprocess.run(
         [sys.executable, "-m", "corral.cli", "run", "--backend", "slurm", "--dry-run",
          "-o", "partiton=debug", "train.py"], capture_output=True, text=True, cwd=str(tmp_path))
-    assert bad.returncode == 2
+    assert bad.returncode == 125
     assert "slurm.partiton: got 'debug'; unknown field; accepted: account" in bad.stderr
 
 

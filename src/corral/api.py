@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Generic, ParamSpec, TypeVar
 
-from corral.backends import get_backend
+from corral.backends import backend_for_job, configured_backend
 from corral.backends.base import Backend
 from corral.console import LinePrinter
-from corral.errors import JobFailed, RankError
+from corral.errors import JobFailed, RankError, ResultUnreadable
 from corral.logs import LogSource
-from corral.rundir import RunDir
 from corral.spec import Function, JobSpec, JobState
 from corral.status import JobStatus
+from corral.store import open_store
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -27,7 +26,12 @@ Sink = Callable[[LogSource, str], None]
 
 
 def _backend(backend: str | Backend) -> Backend:
-    return get_backend(backend) if isinstance(backend, str) else backend
+    """A backend by name, with the same defaults the CLI reads (corral.toml, [tool.corral])."""
+    if not isinstance(backend, str):
+        return backend
+    from corral.config import backend_defaults
+
+    return configured_backend(backend, backend_defaults(backend))
 
 
 def run(
@@ -53,6 +57,11 @@ def submit(spec: JobSpec, backend: str | Backend = "local") -> JobHandle:
     return JobHandle(engine, ref.job_id)
 
 
+def attach(job_id: str) -> JobHandle:
+    """A handle for a job submitted earlier (by this process or any other)."""
+    return JobHandle(backend_for_job(open_store().get(job_id)), job_id)
+
+
 class JobHandle:
     """A submitted job: ``.state``, ``.wait()``, ``.logs()``, ``.cancel()``, ``.result()``."""
 
@@ -61,7 +70,7 @@ class JobHandle:
         self.job_id = job_id
 
     def __repr__(self) -> str:
-        return f"JobHandle({self.backend.name!r}, {self.job_id!r})"
+        return f"corral.attach({self.job_id!r})"
 
     def status(self) -> JobStatus:
         return self.backend.describe(self.job_id)
@@ -70,7 +79,7 @@ class JobHandle:
     def state(self) -> JobState:
         return self.status().state
 
-    def wait(self, timeout: float | None = None, poll: float = 0.05) -> JobStatus:
+    def wait(self, timeout: float | None = None, poll: float | None = None) -> JobStatus:
         """Block until the job ends (or ``timeout`` seconds pass); return its status."""
         return self.backend.wait(self.job_id, timeout, poll)
 
@@ -89,39 +98,65 @@ class JobHandle:
 
     def result(self, rank: int | None = 0) -> Any:
         """The return value of a distributed function (rank 0, one rank, or all with None)."""
-        return collect_results(self.wait(), rank)
+        return collect_results(self.backend, self.wait(), rank)
 
 
-def collect_results(status: JobStatus, rank: int | None = 0) -> Any:
-    """Return values from a function job's run directory; raise what a rank raised."""
+def _envelope(status: JobStatus, rank: int, data: bytes) -> dict[str, Any]:
+    import pickle
+
+    try:
+        envelope: dict[str, Any] = pickle.loads(data)
+        if not isinstance(envelope, dict) or "ok" not in envelope:
+            raise ValueError("not a corral result")
+    except Exception as exc:
+        raise ResultUnreadable(status, rank, "result file", f"{type(exc).__name__}: {exc}"
+                               ) from None
+    return envelope
+
+
+def _unpickle(status: JobStatus, rank: int, envelope: dict[str, Any]) -> Any:
     import cloudpickle
 
-    if status.run_dir is None:
-        raise JobFailed(status, f"job {status.job_id} has no run directory to read results from")
-    results = RunDir(Path(status.run_dir)).results
-    outcomes: dict[int, dict[str, Any]] = {}
-    for path in sorted(results.glob("rank-*.pkl")):
-        with open(path, "rb") as handle:
-            outcomes[int(path.stem.split("-")[1])] = cloudpickle.load(handle)
-    failed = sorted(r for r, o in outcomes.items() if not o["ok"])
+    try:
+        return cloudpickle.loads(envelope["payload"])
+    except Exception as exc:
+        raise ResultUnreadable(status, rank, str(envelope.get("type")),
+                               f"{type(exc).__name__}: {exc}",
+                               str(envelope.get("traceback") or "")) from None
+
+
+def collect_results(backend: Backend, status: JobStatus, rank: int | None = 0) -> Any:
+    """Return values of a function job, read through its backend (only the ranks asked
+    for); raise what a rank raised."""
+    world = status.nodes * status.procs_per_node
+    failed_rank = status.failure.rank if status.failure else None
+    wanted = list(range(world)) if rank is None else [rank]
+    if failed_rank is not None and failed_rank not in wanted:
+        wanted.insert(0, failed_rank)  # its exception is the answer
+    if rank is not None and not 0 <= rank < world:
+        raise JobFailed(status, f"job {status.job_id} has ranks 0..{world - 1}, not {rank}")
+    envelopes: dict[int, dict[str, Any]] = {}
+    for r in wanted:
+        data = backend.read_result(status.job_id, r)
+        if data is not None:
+            envelopes[r] = _envelope(status, r, data)
+    failed = [r for r in wanted if r in envelopes and not envelopes[r]["ok"]]
     if failed:
-        first = status.failure.rank if status.failure and status.failure.rank in failed else None
-        chosen = first if first is not None else failed[0]
-        outcome = outcomes[chosen]
-        error = RankError(status, chosen, chosen // status.procs_per_node, outcome["traceback"])
-        cause = outcome.get("error")
+        chosen = failed_rank if failed_rank in failed else failed[0]
+        outcome = envelopes[chosen]
+        error = RankError(status, chosen, chosen // status.procs_per_node,
+                          str(outcome.get("traceback") or ""))
+        cause = _unpickle(status, chosen, outcome) if outcome.get("payload") else None
         if isinstance(cause, BaseException):
             raise error from cause
         raise error
     if status.state is not JobState.SUCCEEDED:
         raise JobFailed(status)
-    wanted = range(status.nodes * status.procs_per_node) if rank is None else [rank]
-    missing = [r for r in wanted if r not in outcomes]
+    missing = [r for r in wanted if r not in envelopes]
     if missing:
         raise JobFailed(status, f"job {status.job_id}: no result from rank(s) {missing}")
-    if rank is None:
-        return [outcomes[r]["value"] for r in wanted]
-    return outcomes[rank]["value"]
+    values = [_unpickle(status, r, envelopes[r]) for r in wanted]
+    return values if rank is None else values[0]
 
 
 class DistributedFunction(Generic[P, R]):
@@ -144,9 +179,10 @@ class DistributedFunction(Generic[P, R]):
         )
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Any:
-        status = run(self.spec(*args, **kwargs), self.backend, stream=self.stream)
+        engine = _backend(self.backend)
+        status = run(self.spec(*args, **kwargs), engine, stream=self.stream)
         self.last_status = status
-        return collect_results(status, None if self.all_ranks else 0)
+        return collect_results(engine, status, None if self.all_ranks else 0)
 
     def submit(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle:
         return submit(self.spec(*args, **kwargs), self.backend)

@@ -6,9 +6,18 @@ CorralError
  ├── MissingDependency    an optional part is not installed (with the pip command)
  ├── BackendError         a backend could not do what was asked
  │    ├── SubmitError     nothing was started
- │    └── JobNotFound     no record of that job id
+ │    ├── JobNotFound     no record of that job id
+ │    └── StoreError      the job store cannot be opened, read or written (corral.store)
+ │         └── DuplicateJob
+ ├── IllegalTransition    a state change the state machine refuses (corral.states)
  └── JobFailed            the job ran and did not succeed (state, first failing rank)
-      └── RankError       a distributed function raised on a rank (rank, node, traceback)
+      ├── RankError       a distributed function raised on a rank (rank, node, traceback)
+      └── ResultUnreadable  a rank's return value or exception cannot be unpickled here
+
+Exit codes of the ``corral`` command: a job's own exit code passes through unchanged;
+corral's own failures (any CorralError other than JobFailed: a bad spec, a failed
+submission, an engine that cannot be reached) exit 125, as ``docker run`` does; 124 is a
+``corral wait --timeout`` that ran out; 130 an interrupted command.
 """
 
 from __future__ import annotations
@@ -79,4 +88,20 @@ class RankError(JobFailed):
         super().__init__(
             status,
             f"rank {rank} (node {node}) raised an exception:\n\n{remote_traceback.rstrip()}",
+        )
+
+
+class ResultUnreadable(JobFailed):
+    """A rank's return value (or exception) arrived but cannot be unpickled here."""
+
+    def __init__(self, status: JobStatus, rank: int, type_name: str, cause: str,
+                 remote_traceback: str = "") -> None:
+        self.rank = rank
+        self.type_name = type_name
+        self.remote_traceback = remote_traceback
+        detail = f"\n\nremote traceback:\n{remote_traceback.rstrip()}" if remote_traceback else ""
+        super().__init__(
+            status,
+            f"the result of rank {rank} (a {type_name}) cannot be unpickled here: {cause}; "
+            "make its module importable in this process, or return plain types" + detail,
         )

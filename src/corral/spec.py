@@ -29,14 +29,21 @@ _MEMORY_UNITS_MB = {"B": 1 / 2**20, "K": 1 / 1024, "M": 1.0, "G": 1024.0, "T": 1
 
 
 class JobState(str, enum.Enum):
-    """Where a job is in its life. Terminal states never change again."""
+    """Where a job is in its life. Terminal states change only through an engine requeue.
 
+    SUBMITTING: recorded, the engine not yet (known to be) called. UNKNOWN: the engine cannot
+    say right now (the reason says why); the job is checked again. The allowed moves between
+    states are in :mod:`corral.states`.
+    """
+
+    SUBMITTING = "SUBMITTING"
     PENDING = "PENDING"
     RUNNING = "RUNNING"
     SUCCEEDED = "SUCCEEDED"
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"
     TIMEOUT = "TIMEOUT"
+    UNKNOWN = "UNKNOWN"
 
     def is_terminal(self) -> bool:
         return self in _TERMINAL

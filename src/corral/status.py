@@ -15,6 +15,7 @@ class RankStatus:
     pid: int | None = None
     returncode: int | None = None
     state: JobState = JobState.PENDING
+    host: str | None = None
 
 
 @dataclass
@@ -52,6 +53,9 @@ class JobStatus:
     ranks: list[RankStatus] = field(default_factory=list)
     failure: Failure | None = None
     notes: list[str] = field(default_factory=list)
+    attempt: int = 1
+    user: str | None = None
+    engine_id: str | None = None  # the engine's own id (Slurm job id, supervisor pid ...)
 
     @property
     def returncode(self) -> int:
@@ -76,6 +80,8 @@ class JobStatus:
     def summary(self) -> str:
         """A few lines a person can act on."""
         head = f"job {self.job_id} {self.state.value}"
+        if self.attempt > 1:
+            head += f" (attempt {self.attempt})"
         if self.duration is not None:
             head += f" after {self.duration:.1f}s"
         lines = [head + (f": {self.reason}" if self.reason else "")]
@@ -98,7 +104,7 @@ class JobStatus:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> JobStatus:
-        data = dict(data)
+        data = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         data["state"] = JobState(data["state"])
         data["ranks"] = [
             RankStatus(**{**r, "state": JobState(r["state"])}) for r in data.get("ranks", [])

@@ -1,55 +1,88 @@
-"""Backends, by name. Each is imported only when asked for."""
+"""Backends, by name. Each is imported only when asked for.
+
+Built-in backends are listed here; others plug in through the entry-point group
+``corral.backends`` (``toy = "corral_toy:ToyBackend"`` in a package's metadata). A backend
+class may name its typed options class as ``options_type``: ``-o KEY=VALUE``, config
+tables and job records are validated through it.
+"""
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from corral.backends.base import Backend, Capabilities, JobRef
 
-# name -> "module:class"; cluster backends plug in here.
-BACKENDS: dict[str, str] = {
+if TYPE_CHECKING:
+    from corral.store import JobRecord
+
+ENTRY_POINT_GROUP = "corral.backends"
+BUILTIN: dict[str, str] = {
     "local": "corral.backends.local:LocalBackend",
     "slurm": "corral.backends.slurm:SlurmBackend",
 }
-# name -> "module:class" of its typed options (built from `-o KEY=VALUE` and job records)
-OPTIONS: dict[str, str] = {
-    "local": "corral.backends.local.render:LocalOptions",
-    "slurm": "corral.backends.slurm.options:SlurmOptions",
-}
+
+
+def available() -> dict[str, str]:
+    """Every backend name -> "module:Class": built-in ones, then installed plug-ins."""
+    from importlib.metadata import entry_points
+
+    found = dict(BUILTIN)
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        found.setdefault(entry.name, entry.value)
+    return found
+
+
+def backend_class(name: str) -> type[Backend]:
+    """The class of a backend by name; unknown names list the known ones."""
+    from corral.errors import MissingDependency, SpecError
+
+    target = BUILTIN.get(name) or available().get(name)
+    if target is None:
+        raise SpecError([("backend", name, "accepted: " + ", ".join(sorted(available())))])
+    module, _, attribute = target.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module), attribute)
+    except ImportError as exc:
+        raise MissingDependency(exc.name or module, purpose=f"by the {name!r} backend") from None
+    except AttributeError:
+        raise SpecError([("backend", name, f"its entry point {target!r} names nothing")]) from None
+    if not (isinstance(cls, type) and issubclass(cls, Backend)):
+        raise SpecError([("backend", name, f"{target!r} is not a corral Backend class")])
+    return cls
 
 
 def get_backend(name: str, **options: Any) -> Backend:
-    """A backend by name (``local``, ...); unknown names list the known ones."""
-    from corral.errors import SpecError
-
-    target = BACKENDS.get(name)
-    if target is None:
-        raise SpecError([("backend", name, "accepted: " + ", ".join(sorted(BACKENDS)))])
-    module, _, cls = target.partition(":")
-    backend: Backend = getattr(importlib.import_module(module), cls)(**options)
-    return backend
+    """A backend by name (``local``, ``slurm``, or a plug-in)."""
+    return backend_class(name)(**options)
 
 
 def backend_options(name: str, values: dict[str, Any]) -> Any:
     """A backend's typed options from plain values (validated there, errors name fields)."""
     from corral.errors import SpecError
 
-    module, _, cls = OPTIONS[name].partition(":")
-    options_type = getattr(importlib.import_module(module), cls)
+    options_type = getattr(backend_class(name), "options_type", None)
+    if options_type is None:
+        if values:
+            raise SpecError([(f"{name} option", sorted(values),
+                              f"the {name} backend takes no options")])
+        return None
     try:
         return options_type(**values)
     except TypeError as exc:  # a dataclass given an unknown key
         raise SpecError([(f"{name} option", sorted(values), str(exc))]) from None
 
 
-def backend_for_job(record: dict[str, Any]) -> Backend:
+def configured_backend(name: str, values: dict[str, Any]) -> Backend:
+    """A backend with its options built from plain values (``-o``, corral.toml)."""
+    options = backend_options(name, values)
+    return get_backend(name) if options is None else get_backend(name, options=options)
+
+
+def backend_for_job(record: JobRecord) -> Backend:
     """The backend a recorded job was submitted to, with the options it was submitted with."""
-    name = record.get("backend", "local")
-    saved = record.get("options")
-    if name != "local" and saved:
-        return get_backend(name, options=backend_options(name, saved))
-    return get_backend(name)
+    return configured_backend(record.backend, record.options or {})
 
 
-__all__ = ["BACKENDS", "Backend", "Capabilities", "JobRef", "get_backend"]
+__all__ = ["BUILTIN", "Backend", "Capabilities", "JobRef", "available", "backend_class",
+           "backend_for_job", "configured_backend", "get_backend"]

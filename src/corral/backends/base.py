@@ -1,22 +1,38 @@
-"""The contract every backend keeps.
+"""The contract every backend keeps, and the job flow composed on top of it.
 
-A backend renders a spec into a plan without side effects, then submits that plan to its
-engine. Everything else (describe, logs, cancel, list) addresses jobs by their id. What a
-backend can do is declared as data (:class:`Capabilities`), not discovered by catching
-``NotImplementedError``.
+A backend supplies small hooks; this base class composes them into the public methods,
+so that every backend records, submits, watches and cancels jobs the same way::
+
+    render(spec) -> Plan               pure: what would be sent, exactly
+    _launch(spec, plan, record)        side effects: hand the plan to the engine,
+                                       return the engine's own job id
+    describe_many(records)             read: one batched look at many jobs
+    find_submitted(records)            read: which of these corral ids the engine has
+    _stop(record)                      side effects: ask the engine to stop a job
+    logs(job_id, rank, follow)         read: per-rank lines
+
+The flow of a job is one way: spec -> render -> store (SUBMITTING) -> engine ->
+store (PENDING) -> watcher -> store -> readers (``ps``, ``wait``, handles). Readers never ask
+the engine themselves; they ask the shared watcher (:mod:`corral.watcher`), which asks
+each engine at most once per ``poll_interval`` across every corral process.
 """
 
 from __future__ import annotations
 
 import abc
+import hashlib
+import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from corral.errors import CorralError, SubmitError
 from corral.logs import LogFollower, LogSource
-from corral.spec import JobSpec
+from corral.spec import Function, JobSpec, JobState
+from corral.states import Source
 from corral.status import JobStatus
+from corral.store import DuplicateJob, JobRecord, Observation, Owner, Store, open_store
 
 LineSink = Callable[[LogSource, str], None]
 
@@ -35,6 +51,9 @@ class Plan(Protocol):
     @property
     def job_id(self) -> str: ...
 
+    @property
+    def run_dir(self) -> str: ...
+
     def dry_run_text(self) -> str: ...
 
 
@@ -44,32 +63,173 @@ class JobRef:
     job_id: str
 
 
+def spec_summary(spec: JobSpec) -> dict[str, Any]:
+    """The spec as plain data for the record (a function is named, not pickled)."""
+    data = spec.model_dump(mode="json", exclude={"entrypoint"})
+    entry = spec.entrypoint
+    data["entrypoint"] = ({"kind": "function", "label": entry.label}
+                          if isinstance(entry, Function) else entry.model_dump(mode="json"))
+    return data
+
+
 class Backend(abc.ABC):
     name: str
     capabilities: Capabilities
+    poll_interval: float = 0.0  # the least time between two questions to the engine
+    cancel_grace: float = 10.0  # how long a cancel waits for the engine to confirm
+
+    def __init__(self, store: Store | None = None) -> None:
+        self._store = store
+
+    @property
+    def store(self) -> Store:
+        return self._store or open_store()
+
+    # -- hooks -------------------------------------------------------------------------------
 
     @abc.abstractmethod
     def render(self, spec: JobSpec, job_id: str | None = None) -> Plan:
         """What would be sent, exactly; no side effects."""
 
     @abc.abstractmethod
-    def submit(self, spec: JobSpec, plan: Plan | None = None) -> JobRef:
-        """Hand the job to the engine and return at once."""
+    def _launch(self, spec: JobSpec, plan: Plan, record: JobRecord) -> str | None:
+        """Hand the plan to the engine; return the engine's job id. Raise SubmitError."""
 
     @abc.abstractmethod
-    def describe(self, job_id: str) -> JobStatus: ...
+    def describe_many(self, records: Sequence[JobRecord]) -> dict[str, Observation]:
+        """What the engine says now about these (unfinished, submitted) jobs, by corral id.
+
+        Jobs it has nothing new about may be left out. Raise a CorralError when the engine
+        cannot be reached: the watcher then marks these jobs UNKNOWN with that reason.
+        """
+
+    def find_submitted(self, records: Sequence[JobRecord]) -> dict[str, str]:
+        """Engine ids of jobs that carry these corral ids (for a crashed submission)."""
+        return {}
+
+    @abc.abstractmethod
+    def _stop(self, record: JobRecord) -> None:
+        """Ask the engine to stop every rank of the job."""
 
     @abc.abstractmethod
     def logs(
         self, job_id: str, rank: int | None = None, follow: bool = False
     ) -> Iterator[tuple[LogSource, str]]: ...
 
-    @abc.abstractmethod
-    def cancel(self, job_id: str) -> JobStatus:
-        """Stop every rank; cancelling a finished job changes nothing."""
+    def _read_run_file(self, record: JobRecord, relative: str) -> bytes | None:
+        """A file of the job's run directory (None if it is not there)."""
+        if not record.run_dir:
+            return None
+        try:
+            with open(f"{record.run_dir}/{relative}", "rb") as handle:
+                return handle.read()
+        except FileNotFoundError:
+            return None
 
-    @abc.abstractmethod
-    def list(self) -> list[JobStatus]: ...
+    def read_result(self, job_id: str, rank: int) -> bytes | None:
+        """What a distributed function's rank returned or raised (a result envelope)."""
+        return self._read_run_file(self.store.get(job_id), f"results/rank-{rank}.pkl")
+
+    def options_data(self) -> dict[str, Any] | None:
+        """The backend's options as plain data, recorded with each job it submits."""
+        return None
+
+    def record_details(self, spec: JobSpec, plan: Plan) -> dict[str, Any]:
+        """Backend-specific facts to keep with the job record."""
+        return {}
+
+    @property
+    def poll_key(self) -> str:
+        """Jobs with the same key are answered by the same engine (one poll for all)."""
+        data = json.dumps(self.options_data(), sort_keys=True, default=str)
+        return f"{self.name}:{hashlib.sha1(data.encode()).hexdigest()[:12]}"
+
+    # -- composed ----------------------------------------------------------------------------
+
+    def record(self, spec: JobSpec, plan: Plan, owner: Owner | None = None) -> JobRecord:
+        """The SUBMITTING record, committed before the engine is called."""
+        return self.store.create(
+            plan.job_id, name=spec.name, backend=self.name, poll_key=self.poll_key,
+            nodes=spec.nodes, procs_per_node=spec.procs_per_node, launcher=spec.launcher,
+            spec=spec_summary(spec), options=self.options_data(), run_dir=plan.run_dir,
+            details=self.record_details(spec, plan), owner=owner or Owner.me(),
+        )
+
+    def _recorded_plan(self, spec: JobSpec, plan: Plan | None) -> tuple[Plan, JobRecord]:
+        plan = plan or self.render(spec)
+        for _ in range(5):
+            try:
+                return plan, self.record(spec, plan)
+            except DuplicateJob:
+                plan = self.render(spec)  # a new id
+        raise SubmitError(f"could not find a free job id for {spec.name!r}")
+
+    def submit(self, spec: JobSpec, plan: Plan | None = None) -> JobRef:
+        """Record the job, hand it to the engine, and return at once."""
+        plan, record = self._recorded_plan(spec, plan)
+        try:
+            engine_id = self._launch(spec, plan, record)
+        except BaseException as exc:
+            reason = f"submission failed: {exc}" if isinstance(exc, CorralError) else (
+                f"submission interrupted ({type(exc).__name__})")
+            self.store.apply(record.id, Observation(JobState.FAILED, reason,
+                                                    finished=time.time()), Source.SUBMIT)
+            raise
+        self.store.apply(record.id, Observation(JobState.PENDING), Source.SUBMIT,
+                         engine_id=engine_id, clear_owner=self.clears_owner_after_submit)
+        return JobRef(self.name, record.id)
+
+    clears_owner_after_submit = True  # the engine owns the job once it has it
+
+    def refresh(self, force: bool = False) -> None:
+        from corral.watcher import refresh
+
+        refresh(self, force=force)
+
+    def describe(self, job_id: str) -> JobStatus:
+        self.store.get(job_id)  # JobNotFound before anything else
+        self.refresh()
+        return self.store.status(job_id)
+
+    def list(self) -> list[JobStatus]:
+        self.refresh()
+        return [r.to_status(self.store.ranks(r.id)) for r in self.store.jobs(self.name)]
+
+    def wait(self, job_id: str, timeout: float | None = None,
+             poll: float | None = None) -> JobStatus:
+        """Block until the job ends or ``timeout`` seconds pass; return its status."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        step = min(max(self.poll_interval, 0.02), 0.5) if poll is None else poll
+        while not (status := self.describe(job_id)).state.is_terminal():
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            time.sleep(step)
+        return status
+
+    def cancel(self, job_id: str, timeout: float | None = None) -> JobStatus:
+        """Stop every rank; cancelling a finished job changes nothing (idempotent)."""
+        record = self.store.get(job_id)
+        if record.state.is_terminal():
+            return self.store.status(job_id)
+        if record.state is JobState.SUBMITTING or (record.engine_id is None and (
+                not record.owner or not record.owner.alive())):
+            # Nothing reached the engine that we know of: make sure nothing will run.
+            self.refresh(force=True)
+            record = self.store.get(job_id)
+        if not record.state.is_terminal():
+            self._stop(record)
+        wait = self.cancel_grace if timeout is None else timeout
+        status = self.wait(job_id, timeout=wait)
+        if not status.state.is_terminal():
+            status = self._cancel_unconfirmed(record, wait)
+        return status
+
+    def _cancel_unconfirmed(self, record: JobRecord, waited: float) -> JobStatus:
+        """The engine did not confirm the cancel in time: say so, keep watching."""
+        self.store.apply(record.id, Observation(
+            JobState.UNKNOWN, f"cancel requested {waited:.0f}s ago and not yet confirmed by "
+            f"{self.name}; corral keeps checking"), Source.USER)
+        return self.store.status(record.id)
 
     def follow(self, job_id: str, follower: LogFollower, follow: bool,
                poll: float = 0.1) -> Iterator[tuple[LogSource, str]]:
@@ -81,22 +241,13 @@ class Backend(abc.ABC):
                 return
             time.sleep(poll)
 
-    def wait(self, job_id: str, timeout: float | None = None, poll: float = 0.1) -> JobStatus:
-        """Block until the job ends or ``timeout`` seconds pass; return its status."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not (status := self.describe(job_id)).state.is_terminal():
-            if deadline is not None and time.monotonic() >= deadline:
-                break
-            time.sleep(poll)
-        return status
-
     def run(
         self, spec: JobSpec, sink: LineSink | None = None, plan: Plan | None = None
     ) -> JobStatus:
         """Submit, stream the ranks' output to ``sink``, and return the final status.
 
-        Ctrl-C (KeyboardInterrupt) cancels the job and returns its final status, as a local
-        run does: a foreground run never leaves ranks behind.
+        Ctrl-C (KeyboardInterrupt) cancels the job, then raises KeyboardInterrupt again,
+        so that a loop of runs stops: a foreground run never leaves ranks behind.
         """
         ref = self.submit(spec, plan)
         try:
@@ -105,7 +256,8 @@ class Backend(abc.ABC):
                     sink(source, line)
             return self.wait(ref.job_id)
         except KeyboardInterrupt:
-            return self.cancel(ref.job_id)
+            self.cancel(ref.job_id)
+            raise
 
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "capabilities": self.capabilities}

@@ -1,29 +1,62 @@
-"""``corral ps``, ``status``, ``logs``, ``cancel``, ``wait``: jobs by id, on any backend."""
+"""``corral ps``, ``status``, ``logs``, ``cancel``, ``wait``: jobs by id, on any backend.
+
+They read the job store; the watcher (:mod:`corral.watcher`) brings it up to date first,
+asking each engine at most once per its poll interval. A job whose record or backend
+cannot be read is shown as UNKNOWN with the reason; the others are listed as usual.
+"""
 
 from __future__ import annotations
 
 import json
+import re
 import time
+from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 import click
 
 from corral.backends import backend_for_job
 from corral.backends.base import Backend
 from corral.console import LinePrinter
-from corral.rundir import RunDir, iter_run_dirs
+from corral.errors import CorralError, JobNotFound
 from corral.spec import JobState
 from corral.status import JobStatus
+from corral.store import JobRecord, open_store
+
+T = TypeVar("T")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(text: str, limit: int = 300) -> str:
+    """Text safe for a terminal: control characters (ANSI escapes, newlines) escaped."""
+    shown = _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+    return shown if len(shown) <= limit else shown[:limit - 3] + "..."
 
 
 def backend_of(job_id: str) -> Backend:
     """The backend a job was submitted to, from corral's record of it."""
-    return backend_for_job(RunDir.find(job_id).read_json("job.json"))
+    return backend_for_job(open_store().get(job_id))
 
 
-def _age(status: JobStatus) -> str:
-    if status.created is None:
+def refresh_all(records: Iterable[JobRecord]) -> dict[str, str]:
+    """Ask each engine with unfinished jobs once; ``{poll_key: why}`` for those that failed."""
+    problems: dict[str, str] = {}
+    seen: set[str] = set()
+    for record in records:
+        if record.state.is_terminal() or record.poll_key in seen:
+            continue
+        seen.add(record.poll_key)
+        try:
+            backend_for_job(record).refresh()
+        except CorralError as exc:
+            problems[record.poll_key] = f"{record.backend} cannot be asked: {exc}"
+    return problems
+
+
+def _age(created: float | None) -> str:
+    if not created:
         return "-"
-    seconds = int(time.time() - status.created)
+    seconds = int(time.time() - created)
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
             return f"{seconds // size}{unit}"
@@ -35,25 +68,30 @@ def _age(status: JobStatus) -> str:
 @click.option("-a", "--all", "show_all", is_flag=True, help="Include finished jobs.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def ps_command(backend: str | None, show_all: bool, as_json: bool) -> int:
-    """List jobs (running ones; -a for all), newest first."""
+    """List jobs (unfinished ones; -a for all), newest first."""
+    store = open_store()
+    problems = refresh_all(store.jobs(backend, live=True))
+    records = store.jobs(backend, live=not show_all)
+    if as_json:
+        click.echo(json.dumps([_record_json(r, problems) for r in records], indent=1))
+        return 0
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    jobs = []
-    for run in iter_run_dirs(backend=backend):
-        status = backend_for_job(run.read_json("job.json")).describe(run.job_id)
-        if show_all or not status.state.is_terminal():
-            jobs.append(status)
-    if as_json:
-        click.echo(json.dumps([s.to_json() for s in jobs], indent=1))
-        return 0
     table = Table(box=None, header_style="bold")
     for column in ("JOB ID", "NAME", "BACKEND", "STATE", "NODES", "AGE"):
         table.add_column(column, no_wrap=True)
     table.add_column("REASON", overflow="fold")
-    for s in jobs:
-        table.add_row(s.job_id, s.name, s.backend, s.state.value,
-                      f"{s.nodes}x{s.procs_per_node}", _age(s), s.reason)
+    for r in records:
+        state, reason = r.state.value, r.reason
+        if r.poll_key in problems and not r.state.is_terminal():
+            state, reason = JobState.UNKNOWN.value, problems[r.poll_key]
+        if r.attempt > 1:
+            state += f" (attempt {r.attempt})"
+        table.add_row(*(Text(printable(v, 80)) for v in (
+            r.id, r.name, r.backend, state, f"{r.nodes}x{r.procs_per_node}", _age(r.created))),
+            Text(printable(reason)))
     console = Console()
     if not console.is_terminal:
         console = Console(width=200)  # piped: never cut a job id
@@ -61,20 +99,55 @@ def ps_command(backend: str | None, show_all: bool, as_json: bool) -> int:
     return 0
 
 
+def _record_json(record: JobRecord, problems: dict[str, str]) -> dict[str, object]:
+    data = record.to_status().to_json()
+    if record.poll_key in problems and not record.state.is_terminal():
+        data["state"], data["reason"] = JobState.UNKNOWN.value, problems[record.poll_key]
+    return data
+
+
+def for_each_job(job_ids: tuple[str, ...], act: Callable[[str], T]) -> tuple[list[T], int]:
+    """Do ``act`` for every id it can; then name the unknown ones. Returns the results and
+    125 if any id was unknown (0 otherwise)."""
+    results, unknown = [], []
+    for job_id in job_ids:
+        try:
+            results.append(act(job_id))
+        except JobNotFound:
+            unknown.append(repr(printable(job_id, 80)))
+    if unknown:
+        click.echo(f"corral: error: no job {', '.join(unknown)}; `corral ps -a` lists "
+                   "the known jobs", err=True)
+    return results, 125 if unknown else 0
+
+
 @click.command("status")
-@click.argument("job_id")
+@click.argument("job_ids", nargs=-1, required=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def status_command(job_id: str, as_json: bool) -> int:
-    """Show a job's state, its ranks and its first failure."""
-    status = backend_of(job_id).describe(job_id)
-    if as_json:
-        click.echo(json.dumps(status.to_json(), indent=1))
-        return 0
-    click.echo(status.summary())
-    for rank in status.ranks:
-        code = "" if rank.returncode is None else f" returncode {rank.returncode}"
-        click.echo(f"  rank {rank.rank} node {rank.node}: {rank.state.value}{code}")
-    return 0
+def status_command(job_ids: tuple[str, ...], as_json: bool) -> int:
+    """Show a job's state, its ranks, its first failure and its history."""
+    def show(job_id: str) -> JobStatus:
+        status = backend_of(job_id).describe(job_id)
+        if as_json:
+            data = status.to_json()
+            data["events"] = [e.__dict__ for e in open_store().events(job_id)]
+            click.echo(json.dumps(data, indent=1))
+            return status
+        click.echo("\n".join(printable(line, 10_000) for line in status.summary().splitlines()))
+        for rank in status.ranks:
+            code = "" if rank.returncode is None else f" returncode {rank.returncode}"
+            host = f" ({printable(rank.host, 60)})" if rank.host else ""
+            click.echo(f"  rank {rank.rank} node {rank.node}{host}: {rank.state.value}{code}")
+        click.echo("history:")
+        for event in open_store().events(job_id):
+            when = time.strftime("%H:%M:%S", time.localtime(event.time))
+            arrow = f"{event.from_state or '-'} -> {event.to_state}"
+            why = f": {printable(event.reason, 200)}" if event.reason else ""
+            click.echo(f"  {when} {arrow} (attempt {event.attempt}, {event.source}){why}")
+        return status
+
+    _, code = for_each_job(job_ids, show)
+    return code
 
 
 @click.command("logs")
@@ -84,8 +157,8 @@ def status_command(job_id: str, as_json: bool) -> int:
 def logs_command(job_id: str, rank: int | None, follow: bool) -> int:
     """Print a job's output, every line prefixed with its node and rank."""
     engine = backend_of(job_id)
-    status = engine.describe(job_id)
-    printer = LinePrinter(status.procs_per_node)
+    record = engine.store.get(job_id)
+    printer = LinePrinter(record.procs_per_node)
     for source, line in engine.logs(job_id, rank=rank, follow=follow):
         if rank is None:
             printer(source, line)
@@ -98,10 +171,12 @@ def logs_command(job_id: str, rank: int | None, follow: bool) -> int:
 @click.argument("job_ids", nargs=-1, required=True)
 def cancel_command(job_ids: tuple[str, ...]) -> int:
     """Stop every rank of each job (a finished job is left as it is)."""
-    for job_id in job_ids:
+    def cancel(job_id: str) -> None:
         status = backend_of(job_id).cancel(job_id)
         click.echo(f"{job_id}: {status.state.value}")
-    return 0
+
+    _, code = for_each_job(job_ids, cancel)
+    return code
 
 
 @click.command("wait")
@@ -110,14 +185,17 @@ def cancel_command(job_ids: tuple[str, ...]) -> int:
 def wait_command(job_ids: tuple[str, ...], timeout: float | None) -> int:
     """Wait for jobs to end; exit 0 only if all succeeded."""
     deadline = None if timeout is None else time.monotonic() + timeout
-    worst = 0
-    for job_id in job_ids:
+
+    def wait(job_id: str) -> JobStatus:
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
         status = backend_of(job_id).wait(job_id, timeout=left)
-        if not status.state.is_terminal():
-            click.echo(f"{job_id}: still {status.state.value}", err=True)
-            return 124
-        click.echo(f"{job_id}: {status.state.value}")
-        if status.state is not JobState.SUCCEEDED:
-            worst = worst or status.returncode
-    return worst
+        shown = status.state.value if status.state.is_terminal() else (
+            f"still {status.state.value}")
+        click.echo(f"{job_id}: {shown}", err=not status.state.is_terminal())
+        return status
+
+    statuses, code = for_each_job(job_ids, wait)
+    if any(not s.state.is_terminal() for s in statuses):
+        return 124
+    failed = [s.returncode for s in statuses if s.state is not JobState.SUCCEEDED]
+    return code or (failed[0] if failed else 0)

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import click
 
-from corral.backends import OPTIONS, backend_options, get_backend
+from corral.backends import configured_backend
 from corral.config import backend_defaults
 from corral.console import LinePrinter
 from corral.errors import SpecError
@@ -136,8 +140,7 @@ def run_command(
     values = {**backend_defaults(backend), **parse_options(option_pairs)}
     if no_fork:
         values["fork"] = False
-    engine = get_backend(backend, options=backend_options(backend, values)) if (
-        backend in OPTIONS) else get_backend(backend)
+    engine = configured_backend(backend, values)
     plan = engine.render(spec)
     if dry_run:
         click.echo(plan.dry_run_text(), nl=False)
@@ -148,13 +151,40 @@ def run_command(
         return 0
     click.echo(f"corral: job {plan.job_id} on {backend}: {spec.nodes} node(s) x "
                f"{spec.procs_per_node} rank(s)", err=True)
-    status = engine.run(spec, sink=LinePrinter(spec.procs_per_node), plan=plan)
+    received: list[int] = []
+    with _signals_as_interrupt(received):
+        try:
+            status = engine.run(spec, sink=LinePrinter(spec.procs_per_node), plan=plan)
+        except KeyboardInterrupt:
+            status = engine.describe(plan.job_id)
+            received.append(signal.SIGINT)
     text = status.summary()
     if sys.stderr.isatty():
         text = click.style(text, fg="green" if status.state is JobState.SUCCEEDED else "red")
     click.echo(text, err=True)
+    if received:  # the job was cancelled because we were asked to stop
+        return 128 + received[0]
     code: int = status.returncode
     return code
+
+
+@contextmanager
+def _signals_as_interrupt(received: list[int]) -> Iterator[None]:
+    """SIGTERM and SIGHUP to a foreground run act like Ctrl-C: the job is cancelled."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        received.append(signum)
+        os.kill(os.getpid(), signal.SIGINT)  # whoever handles Ctrl-C now handles this
+
+    saved = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
 
 
 def _default_name(entrypoint: dict[str, Any] | Any) -> str:

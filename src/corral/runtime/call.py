@@ -1,8 +1,13 @@
 """Run a pickled function on one rank and store what it returned or raised.
 
 ``python -m corral.runtime.call RUN_DIR/function.pkl`` (or, in a forked rank, the
-already-loaded function). The result of rank R goes to ``RUN_DIR/results/rank-R.pkl``:
-``{"ok": True, "value": ...}`` or ``{"ok": False, "error": ..., "traceback": "..."}``.
+already-loaded function). The result of rank R goes to ``RUN_DIR/results/rank-R.pkl``: an
+envelope of plain types (plain pickle) that any Python can read, holding the value or the
+exception as cloudpickle bytes, so that a caller who cannot unpickle them still learns the
+rank, the type and the remote traceback::
+
+    {"version": 1, "ok": bool, "type": "module.Qualname", "traceback": str,
+     "payload": bytes | None}
 """
 
 from __future__ import annotations
@@ -41,23 +46,32 @@ def result_path(payload_path: str, rank: int) -> str:
     return os.path.join(os.path.dirname(payload_path), "results", f"rank-{rank}.pkl")
 
 
-def _write_result(path: str, outcome: dict[str, Any]) -> None:
+RESULT_VERSION = 1
+
+
+def _type_name(value: Any) -> str:
+    kind = type(value)
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def _write_result(path: str, ok: bool, value: Any, text: str = "") -> None:
+    import pickle
+
     import cloudpickle
 
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"
+    payload: bytes | None
     try:
-        data = cloudpickle.dumps(outcome)
+        payload = cloudpickle.dumps(value)
     except Exception as exc:  # the value or the exception cannot be pickled
-        what = "return value" if outcome.get("ok") else "exception"
-        data = cloudpickle.dumps({
-            "ok": False,
-            "error": None,
-            "traceback": outcome.get("traceback", "")
-            + f"\ncorral: the {what} of this rank could not be pickled: {exc!r}\n",
-        })
+        what = "return value" if ok else "exception"
+        text += f"\ncorral: the {what} of this rank could not be pickled: {exc!r}\n"
+        ok, payload = False, None
+    envelope = {"version": RESULT_VERSION, "ok": ok, "type": _type_name(value),
+                "traceback": text, "payload": payload}
     with open(tmp, "wb") as handle:
-        handle.write(data)
+        pickle.dump(envelope, handle)
     os.replace(tmp, path)
 
 
@@ -70,10 +84,9 @@ def run_loaded(function: tuple[Any, tuple[Any, ...], dict[str, Any]], payload_pa
     except BaseException as exc:
         text = traceback.format_exc()
         sys.stderr.write(text)
-        _write_result(result_path(payload_path, rank),
-                      {"ok": False, "error": exc, "traceback": text})
+        _write_result(result_path(payload_path, rank), False, exc, text)
         return 1
-    _write_result(result_path(payload_path, rank), {"ok": True, "value": value})
+    _write_result(result_path(payload_path, rank), True, value)
     return 0
 
 

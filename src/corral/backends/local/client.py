@@ -11,20 +11,21 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from corral.backends.base import Backend, Capabilities, JobRef, LineSink, Plan
+from corral.backends.base import Backend, Capabilities, LineSink, Plan
 from corral.backends.local.preload import guess_preload
 from corral.backends.local.render import LocalOptions, LocalPlan, Machine, render
-from corral.backends.local.supervisor import Supervisor
+from corral.backends.local.supervisor import Supervisor, stop_agents
 from corral.errors import MissingDependency, SubmitError
 from corral.logs import LogFollower, LogSource
-from corral.rundir import RunDir, iter_run_dirs, new_job_id, runs_root
-from corral.runtime import procs
+from corral.rundir import RunDir, new_job_id, runs_root
 from corral.spec import Command, Function, JobSpec, JobState, Module, Script
-from corral.status import JobStatus
+from corral.states import Source
+from corral.status import JobStatus, RankStatus
+from corral.store import JobRecord, Observation, Owner, Store
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -64,17 +65,33 @@ def _describe_entry(spec: JobSpec) -> str:
 
 class LocalBackend(Backend):
     name = "local"
+    options_type = LocalOptions
     capabilities = Capabilities(
         gang=True, logs=True, follow=True, elastic=True, queues=False, arrays=False
     )
+    poll_interval = 0.0  # describing a local job asks no engine: it checks a process
+    clears_owner_after_submit = False  # the supervisor owns the job while it runs
 
-    def __init__(self, options: LocalOptions | None = None, root: Path | None = None) -> None:
+    def __init__(self, options: LocalOptions | None = None, root: Path | None = None,
+                 store: Store | None = None) -> None:
+        super().__init__(store)
         self.options = options or LocalOptions()
         self._root = root
 
     @property
     def root(self) -> Path:
         return self._root or runs_root()
+
+    @property
+    def cancel_grace(self) -> float:  # type: ignore[override]
+        return self.options.grace_seconds + 5.0
+
+    def options_data(self) -> dict[str, Any] | None:
+        return None  # one engine, this machine, whatever the options
+
+    def record_details(self, spec: JobSpec, plan: Plan) -> dict[str, Any]:
+        return {"entrypoint": _describe_entry(spec), "args": list(spec.args),
+                "workdir": getattr(plan, "workdir", None), "grace": self.options.grace_seconds}
 
     # -- render ---------------------------------------------------------------------------
 
@@ -124,7 +141,7 @@ class LocalBackend(Backend):
 
     # -- submit / run ---------------------------------------------------------------------
 
-    def _prepare(self, spec: JobSpec, plan: LocalPlan) -> tuple[RunDir, JobStatus]:
+    def _prepare(self, spec: JobSpec, plan: LocalPlan) -> RunDir:
         run = RunDir.create(plan.job_id, self.root)
         if isinstance(spec.entrypoint, Function):
             from corral.runtime.call import dump_payload
@@ -141,11 +158,7 @@ class LocalBackend(Backend):
                 ) from exc
             run.function_payload.write_bytes(data)
         run.write_json("plan.json", plan.to_json())
-        status = run.record_submission(
-            spec, self.name, str(run.path), entrypoint=_describe_entry(spec),
-            args=list(spec.args), workdir=plan.workdir, grace=self.options.grace_seconds,
-        )
-        return run, status
+        return run
 
     def _plan(self, spec: JobSpec, plan: Plan | None) -> LocalPlan:
         if plan is None:
@@ -154,97 +167,108 @@ class LocalBackend(Backend):
             raise SubmitError(f"the local backend cannot submit a {type(plan).__name__}")
         return plan
 
-    def submit(self, spec: JobSpec, plan: Plan | None = None) -> JobRef:
-        """Start the job under a detached supervisor process and return at once."""
-        local_plan = self._plan(spec, plan)
-        run, _ = self._prepare(spec, local_plan)
+    def _launch(self, spec: JobSpec, plan: Plan, record: JobRecord) -> str | None:
+        """Start the job under a detached supervisor process; it owns the job from now."""
+        run = self._prepare(spec, self._plan(spec, plan))
         with open(run.path / "supervisor.log", "ab") as log:
-            subprocess.Popen(
-                [sys.executable, "-m", "corral.backends.local.supervisor", str(run.path)],
+            process = subprocess.Popen(
+                [sys.executable, "-m", "corral.backends.local.supervisor", str(run.path),
+                 str(self.store.path)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-                cwd=local_plan.workdir,
+                cwd=getattr(plan, "workdir", None),
             )
-        return JobRef(self.name, run.job_id)
+        try:
+            owner = Owner.of(process.pid)
+        except Exception:  # it is gone already: the watcher will see it failed
+            owner = Owner(process.pid, 0.0)
+        self.store.apply(record.id, Observation(JobState.SUBMITTING), Source.SUBMIT, owner=owner)
+        return str(process.pid)
 
     def run(
         self, spec: JobSpec, sink: LineSink | None = None, plan: Plan | None = None
     ) -> JobStatus:
-        """Run in this process until the job ends; Ctrl-C cancels every rank."""
-        local_plan = self._plan(spec, plan)
-        run, status = self._prepare(spec, local_plan)
+        """Run in this process until the job ends; Ctrl-C cancels every rank and then
+        raises KeyboardInterrupt (so that a sweep loop stops too)."""
+        local_plan, record = self._recorded_plan(spec, self._plan(spec, plan))
+        assert isinstance(local_plan, LocalPlan)
+        try:
+            run = self._prepare(spec, local_plan)
+        except BaseException as exc:
+            self.store.apply(record.id, Observation(
+                JobState.FAILED, f"submission failed: {exc}", finished=time.time()),
+                Source.SUBMIT)
+            raise
         supervisor = Supervisor(
-            run=run, status=status, plan=local_plan.to_json(), launcher=spec.launcher,
-            grace=self.options.grace_seconds, sink=sink,
+            run=run, store=self.store, job_id=record.id, plan=local_plan.to_json(),
+            launcher=spec.launcher, grace=self.options.grace_seconds, sink=sink,
         )
         previous: Any = None
         in_main = threading.current_thread() is threading.main_thread()
         if in_main:
             previous = signal.signal(signal.SIGINT, lambda *_: supervisor.request_cancel())
         try:
-            return supervisor.run_to_end()
+            status = supervisor.run_to_end()
         finally:
             if in_main:
                 signal.signal(signal.SIGINT, previous)
+        if supervisor.interrupted:
+            raise KeyboardInterrupt
+        return status
 
     # -- observe --------------------------------------------------------------------------
 
-    def describe(self, job_id: str) -> JobStatus:
-        run = RunDir.find(job_id, self.root)
-        status = run.read_status()
-        if status.state.is_terminal():
-            return status
-        starting = not (run.path / "pids.json").exists()
-        if starting and time.time() - (status.created or 0) < 30:
-            return status  # the supervisor has not started the nodes yet
-        if not self._supervisor_alive(run):
-            status = run.read_status()  # it may have finished just now
-            if not status.state.is_terminal():
-                status.state = JobState.FAILED
-                status.reason = "the supervisor process exited without a final status"
-        return status
-
-    def _supervisor_alive(self, run: RunDir) -> bool:
-        import psutil
-
-        try:
-            pid = int(run.read_json("pids.json")["supervisor"])
-        except (OSError, KeyError, ValueError):
-            return False
-        try:
-            process = psutil.Process(pid)
-            return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
-        except psutil.Error:
-            return False
+    def describe_many(self, records: Sequence[JobRecord]) -> dict[str, Observation]:
+        """Only a job whose owner (supervisor, or a foreground `corral run`) died changes
+        here; a live owner writes its job's state itself."""
+        found: dict[str, Observation] = {}
+        for record in records:
+            if record.owner is not None and record.owner.alive():
+                continue
+            fresh = self.store.get(record.id)  # it may have finished just now
+            if fresh.state.is_terminal() or (fresh.owner and fresh.owner.alive()):
+                continue
+            stopped = stop_agents(fresh.details.get("agents", []), self.options.grace_seconds)
+            who = f"pid {fresh.owner.pid}" if fresh.owner else "unknown pid"
+            ranks = tuple(
+                RankStatus(rank=r.rank, node=r.node, pid=r.pid, returncode=r.returncode,
+                           host=r.host,
+                           state=JobState.CANCELLED if not r.state.is_terminal() else r.state)
+                for r in self.store.ranks(record.id)
+            )
+            found[record.id] = Observation(
+                JobState.FAILED, f"supervisor died ({who}) before the job ended; "
+                f"{stopped} leftover node process group(s) stopped",
+                finished=time.time(), ranks=ranks)
+        return found
 
     def logs(
         self, job_id: str, rank: int | None = None, follow: bool = False
     ) -> Iterator[tuple[LogSource, str]]:
-        run = RunDir.find(job_id, self.root)
-        return self.follow(job_id, LogFollower(run.logs, rank), follow)
+        record = self.store.get(job_id)
+        logs = Path(record.run_dir or self.root / job_id) / "logs"
+        return self.follow(job_id, LogFollower(logs, rank), follow)
 
-    def cancel(self, job_id: str, timeout: float = 10.0) -> JobStatus:
-        run = RunDir.find(job_id, self.root)
-        status = self.describe(job_id)
-        if status.state.is_terminal():
-            return status
-        (run.path / "cancel").touch()
-        if procs.wait_until(lambda: self.describe(job_id).state.is_terminal(), timeout):
-            procs.wait_until(lambda: not self._supervisor_alive(run), timeout)
-            return self.describe(job_id)
-        # The supervisor is gone or stuck: stop the node sessions ourselves.
-        try:
-            agents = run.read_json("pids.json").get("agents", [])
-        except OSError:
-            agents = []
-        for pid in agents:
-            procs.killpg_quietly(int(pid), signal.SIGKILL)
-        status = run.read_status()
-        if not status.state.is_terminal():
-            status.state, status.reason, status.finished = (
-                JobState.CANCELLED, "cancelled (supervisor unresponsive)", time.time()
-            )
-            run.write_status(status)
+    def _stop(self, record: JobRecord) -> None:
+        """Ask the supervisor to stop: it polls for this file, stops every rank (SIGTERM,
+        then SIGKILL after the grace period) and records CANCELLED."""
+        if record.run_dir and os.path.isdir(record.run_dir):
+            (Path(record.run_dir) / "cancel").touch()
+
+    def cancel(self, job_id: str, timeout: float | None = None) -> JobStatus:
+        """Stop every rank; return once the supervisor has recorded it and exited."""
+        status = super().cancel(job_id, timeout)
+        owner = self.store.get(job_id).owner
+        if owner is not None and owner.pid != os.getpid():
+            deadline = time.monotonic() + self.cancel_grace
+            while owner.alive() and time.monotonic() < deadline:
+                time.sleep(0.02)
         return status
 
-    def list(self) -> list[JobStatus]:
-        return [self.describe(run.job_id) for run in iter_run_dirs(self.root, self.name)]
+    def _cancel_unconfirmed(self, record: JobRecord, waited: float) -> JobStatus:
+        """The supervisor did not stop the job in time: stop its nodes ourselves."""
+        fresh = self.store.get(record.id)
+        stop_agents(fresh.details.get("agents", []), self.options.grace_seconds)
+        self.store.apply(record.id, Observation(
+            JobState.CANCELLED, "cancelled (the supervisor did not respond; its node "
+            "processes were stopped)", finished=time.time()), Source.USER)
+        return self.store.status(record.id)

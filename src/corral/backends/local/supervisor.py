@@ -2,8 +2,10 @@
 
 The supervisor is the only place where the local backend has side effects on processes.
 It runs inside ``corral run`` (foreground) or as its own process for ``submit``
-(``python -m corral.backends.local.supervisor RUN_DIR``), and writes ``status.json``
-so that other processes (``corral status``, handles) see the job.
+(``python -m corral.backends.local.supervisor RUN_DIR STORE``), owns the job while it runs
+(its PID and start time are in the job's record), and writes every change of the job and
+its ranks to the job store, through the state machine, so that other processes
+(``corral status``, handles) see them.
 
 Fail fast: the first rank (or launcher) that exits non-zero stops the whole job: every
 agent gets SIGTERM and passes it to its ranks; what still runs after the grace period is
@@ -20,18 +22,20 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from corral.backends.base import LineSink
 from corral.launchers.failures import first_failure
-from corral.logs import LogFollower
+from corral.logs import LogFollower, LogSource
 from corral.rundir import RunDir, tail_lines
 from corral.runtime import procs
 from corral.runtime.procs import describe_returncode
 from corral.spec import JobState
+from corral.states import Source
 from corral.status import Failure, JobStatus, RankStatus
+from corral.store import Observation, Owner, Store, open_store
 
 POLL_SECONDS = 0.05
 
@@ -49,27 +53,31 @@ class _Agent:
 @dataclass
 class Supervisor:
     run: RunDir
-    status: JobStatus
+    store: Store
+    job_id: str
     plan: dict[str, Any]
     launcher: str
     grace: float = 1.0
-    sink: LineSink | None = None
+    sink: Callable[[LogSource, str], None] | None = None
     agents: list[_Agent] = field(default_factory=list)
     _stop_reason: tuple[JobState, str] | None = None
+    interrupted: bool = False  # stopped by request_cancel (Ctrl-C, SIGTERM)
 
     def __post_init__(self) -> None:
         self.cancel_event = threading.Event()
         self.follower = LogFollower(self.run.logs)
+        self.status: JobStatus = self.store.status(self.job_id)
 
     # -- public ---------------------------------------------------------------------------
 
     def request_cancel(self) -> None:
+        self.interrupted = True
         self.cancel_event.set()
 
     def run_to_end(self) -> JobStatus:
         try:
-            self._start()
-            self._watch()
+            if self._start():
+                self._watch()
         finally:
             self._stop_all()
             self._drain_logs(final=True)
@@ -78,17 +86,25 @@ class Supervisor:
 
     # -- starting -------------------------------------------------------------------------
 
-    def _start(self) -> None:
+    def _start(self) -> bool:
+        """Take the job over and start its nodes; False if it ended before it started."""
         run = self.run
+        per_node = self.plan["procs_per_node"]
+        self.status.ranks = [
+            RankStatus(rank=r, node=r // per_node, host="127.0.0.1")
+            for r in range(self.plan["world_size"])
+        ]
+        self.status.started = time.time()
+        record, _ = self.store.apply(self.job_id, Observation(
+            JobState.RUNNING, started=self.status.started, ranks=tuple(self.status.ranks)),
+            Source.SUPERVISOR, owner=Owner.me(), engine_id=str(os.getpid()))
+        if record.state is not JobState.RUNNING:  # cancelled (or lost) before it started
+            self._stop_reason = (record.state, record.reason)
+            return False
+        self.status.state = JobState.RUNNING
         for node in self.plan["nodes"]:
             for path, text in node.get("files", {}).items():
                 Path(path).write_text(text, encoding="utf-8")
-        per_node = self.plan["procs_per_node"]
-        self.status.ranks = [
-            RankStatus(rank=r, node=r // per_node) for r in range(self.plan["world_size"])
-        ]
-        self.status.state = JobState.RUNNING
-        self.status.started = time.time()
         agent_dir = run.path / "agents"
         agent_dir.mkdir(exist_ok=True)
         for node in self.plan["nodes"]:
@@ -107,14 +123,14 @@ class Supervisor:
             assert process.stdout is not None
             os.set_blocking(process.stdout.fileno(), False)
             self.agents.append(_Agent(node_rank, process, process.stdout))
-        self._record_pids()
-
-    def _record_pids(self) -> None:
-        self.run.write_json("pids.json", {
-            "supervisor": os.getpid(),
-            "agents": [a.process.pid for a in self.agents],
-        })
-        self.run.write_status(self.status)
+        agents = []
+        for agent in self.agents:
+            try:
+                agents.append([agent.process.pid, Owner.of(agent.process.pid).start])
+            except Exception:  # already gone: nothing to stop later
+                continue
+        self.store.update_details(self.job_id, agents=agents)
+        return True
 
     # -- watching -------------------------------------------------------------------------
 
@@ -172,8 +188,8 @@ class Supervisor:
                 self.status.ranks[rank].state = JobState.RUNNING
             elif kind == "exited" and rank is not None:
                 self._rank_exited(agent.node, rank, event["returncode"])
-        if any(b'"started"' in raw for raw in lines):
-            self.run.write_status(self.status)
+        if lines:
+            self.store.update_ranks(self.job_id, self.status.ranks)
 
     def _rank_exited(self, node: int, rank: int, code: int) -> None:
         record = self.status.ranks[rank]
@@ -261,17 +277,58 @@ class Supervisor:
                 )
         for agent in self.agents:
             agent.stdout.close()
-        self.run.write_status(status)
+        self.store.apply(self.job_id, Observation(
+            status.state, status.reason, finished=status.finished,
+            ranks=tuple(status.ranks), failure=status.failure, notes=tuple(status.notes),
+        ), Source.USER if status.state is JobState.CANCELLED else Source.SUPERVISOR)
+        self.status = self.store.status(self.job_id)
+
+
+def stop_agents(agents: Sequence[Sequence[float]], grace: float) -> int:
+    """Stop node agents that a supervisor left behind, and everything under them.
+
+    Each agent is ``(pid, start time)``: a process is signalled only if it is that very
+    process (a recycled PID belongs to a stranger). Descendants are found before the
+    agents die (torchrun's workers run in sessions of their own). Returns how many
+    agents were still alive.
+    """
+    import psutil
+
+    victims: list[psutil.Process] = []
+    alive = 0
+    for pid, start in agents:
+        if not Owner(int(pid), float(start)).alive():
+            continue
+        alive += 1
+        try:
+            agent = psutil.Process(int(pid))
+            victims.extend([agent, *agent.children(recursive=True)])
+        except psutil.Error:
+            continue
+    for process in victims:
+        try:
+            process.terminate()
+        except psutil.Error:
+            pass
+    _, left = psutil.wait_procs(victims, timeout=grace)
+    for process in left:
+        try:
+            process.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(left, timeout=2)
+    return alive
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Detached mode: ``python -m corral.backends.local.supervisor RUN_DIR``."""
+    """Detached mode: ``python -m corral.backends.local.supervisor RUN_DIR [STORE]``."""
     args = sys.argv[1:] if argv is None else argv
     run = RunDir(Path(args[0]))
-    record = run.read_json("job.json")
+    store = open_store(Path(args[1]) if len(args) > 1 else None)
+    record = store.get(run.job_id)
     supervisor = Supervisor(
-        run=run, status=run.read_status(), plan=run.read_json("plan.json"),
-        launcher=record["launcher"], grace=record.get("grace", 1.0),
+        run=run, store=store, job_id=record.id, plan=run.read_json("plan.json"),
+        launcher=record.launcher or "none", grace=float(record.details.get("grace", 1.0)),
     )
     signal.signal(signal.SIGTERM, lambda *_: supervisor.request_cancel())
     signal.signal(signal.SIGINT, lambda *_: supervisor.request_cancel())

@@ -6,21 +6,22 @@ import os
 import re
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from corral.backends.base import Backend, Capabilities, JobRef, Plan
-from corral.errors import JobNotFound, SubmitError
+from corral.errors import BackendError, SubmitError
 from corral.launchers.failures import parse_torchrun
 from corral.logs import LogFollower, LogSource
-from corral.rundir import RunDir, iter_run_dirs, new_job_id, runs_root
+from corral.rundir import new_job_id, runs_root
 from corral.runtime.procs import describe_returncode
 from corral.spec import Function, JobSpec, JobState, Script
-from corral.status import Failure, JobStatus, RankStatus
+from corral.status import Failure, RankStatus
+from corral.store import JobRecord, Observation, Store
 
 from .options import SlurmOptions
-from .render import SlurmPlan, render
+from .render import COMMENT_PREFIX, SlurmPlan, render
 from .snapshot import snapshot_files
 from .transport import LocalTransport, SshTransport, Transport
 
@@ -36,7 +37,7 @@ STATES = {
     "CANCELLED": JobState.CANCELLED,
     "TIMEOUT": JobState.TIMEOUT, "DEADLINE": JobState.TIMEOUT,
     "FAILED": JobState.FAILED, "NODE_FAIL": JobState.FAILED, "BOOT_FAIL": JobState.FAILED,
-    "OUT_OF_MEMORY": JobState.FAILED, "PREEMPTED": JobState.FAILED,
+    "OUT_OF_MEMORY": JobState.FAILED, "PREEMPTED": JobState.FAILED,  # unless requeued
     "SPECIAL_EXIT": JobState.FAILED, "REVOKED": JobState.FAILED,
 }
 _SRUN_ERROR = re.compile(
@@ -95,12 +96,15 @@ def expand_nodelist(nodelist: str) -> list[str]:
 
 class SlurmBackend(Backend):
     name = "slurm"
+    options_type = SlurmOptions
     capabilities = Capabilities(
         gang=True, logs=True, follow=True, elastic=True, queues=True, arrays=True
     )
+    cancel_grace = 30.0
 
     def __init__(self, options: SlurmOptions | None = None, transport: Transport | None = None,
-                 root: Path | None = None) -> None:
+                 root: Path | None = None, store: Store | None = None) -> None:
+        super().__init__(store)
         self.options = options or SlurmOptions()
         if transport is None:
             transport = (SshTransport(self.options.ssh, self.options.ssh_config)
@@ -111,6 +115,14 @@ class SlurmBackend(Backend):
     @property
     def root(self) -> Path:
         return self._root or runs_root()
+
+    @property
+    def poll_interval(self) -> float:  # type: ignore[override]
+        return self.options.poll_seconds
+
+    def options_data(self) -> dict[str, Any]:
+        data: dict[str, Any] = self.options.model_dump(mode="json")
+        return data
 
     # -- render / submit ------------------------------------------------------------------
 
@@ -134,118 +146,154 @@ class SlurmBackend(Backend):
         ):
             raise SubmitError(f"entrypoint: script {entry.path!r} not found in "
                               f"{slurm_plan.workdir}; nothing was submitted")
-        record = RunDir.create(slurm_plan.job_id, self.root)
+        return super().submit(spec, slurm_plan)
+
+    def _launch(self, spec: JobSpec, plan: Plan, record: JobRecord) -> str | None:
+        assert isinstance(plan, SlurmPlan)
         t = self.transport
-        t.make_dirs(f"{slurm_plan.run_dir}/logs")  # Slurm opens the batch log there
+        t.make_dirs(f"{plan.run_dir}/logs")  # Slurm opens the batch log there
         if self.options.snapshot:
-            t.copy_files(slurm_plan.workdir, snapshot_files(slurm_plan.workdir),
-                         slurm_plan.code_dir)
+            t.copy_files(plan.workdir, snapshot_files(plan.workdir), plan.code_dir)
         if isinstance(spec.entrypoint, Function):
             from corral.runtime.call import dump_payload
 
             entry = spec.entrypoint
-            t.write_bytes(f"{slurm_plan.run_dir}/function.pkl",
+            t.write_bytes(f"{plan.run_dir}/function.pkl",
                           dump_payload(entry.fn, entry.call_args, dict(entry.call_kwargs)))
-        t.write_bytes(slurm_plan.script_path, slurm_plan.script.encode())
-        done = t.run(["sbatch", "--parsable", slurm_plan.script_path])
+        t.write_bytes(plan.script_path, plan.script.encode())
+        done = t.run(["sbatch", "--parsable", plan.script_path])
         slurm_id = done.stdout.strip().split(";")[0]
         if not slurm_id.isdigit():
             raise SubmitError(f"sbatch printed {done.stdout!r}, not a job id")
-        record.record_submission(spec, self.name, slurm_plan.run_dir, slurm_job_id=slurm_id,
-                                 options=self.options.model_dump(mode="json"))
-        return JobRef(self.name, slurm_plan.job_id)
-
-    def slurm_id(self, job_id: str) -> str:
-        """The Slurm job id behind a corral job id."""
-        return str(self._record(job_id)["slurm_job_id"])
-
-    def _record(self, job_id: str) -> dict[str, Any]:
-        record = RunDir.find(job_id, self.root).read_json("job.json")
-        if record.get("backend") != self.name:
-            raise JobNotFound(f"job {job_id!r} ran on {record.get('backend')}, not slurm")
-        return record
+        return slurm_id
 
     # -- describe -------------------------------------------------------------------------
 
-    def _query(self, slurm_id: str) -> list[dict[str, str]]:
-        done = self.transport.run(["scontrol", "show", "job", "-o", slurm_id], check=False)
-        if done.returncode == 0:
-            return parse_scontrol(done.stdout)
-        # Gone from slurmctld's memory (MinJobAge passed): ask accounting (slurmdbd), else
-        # the job-completion log (`sacct -c`).
+    def _scontrol_all(self) -> list[dict[str, str]]:
+        """Every job slurmctld still remembers, in one call."""
+        done = self.transport.run(["scontrol", "show", "job", "-o"], check=False)
+        if done.returncode != 0:
+            if "No jobs in the system" in (done.stdout + done.stderr):
+                return []
+            raise BackendError(f"scontrol show job failed (exit code {done.returncode}): "
+                               f"{(done.stderr or done.stdout).strip()[:300]}")
+        return [] if "No jobs in the system" in done.stdout else parse_scontrol(done.stdout)
+
+    def _sacct(self, slurm_ids: Sequence[str]) -> list[dict[str, str]]:
+        """Finished jobs slurmctld forgot (MinJobAge passed): accounting (slurmdbd), else
+        the job-completion log (``sacct -c``); one call for all of them."""
+        wanted = set(slurm_ids)
         for source in ("-X", "-c"):
-            done = self.transport.run(["sacct", source, "-n", "-P", "-j", slurm_id, "-o",
-                                       "JobID,State,ExitCode,NodeList"], check=False)
+            done = self.transport.run(["sacct", source, "-n", "-P", "-j", ",".join(slurm_ids),
+                                       "-o", "JobID,State,ExitCode,NodeList"], check=False)
             if done.returncode == 0 and done.stdout.strip():
                 break
         records = []
         for line in done.stdout.splitlines():
             parts = line.split("|")
-            if len(parts) >= 4 and parts[0].split("_")[0] == slurm_id:
+            if len(parts) >= 4 and parts[0].split("_")[0] in wanted:
                 records.append({"JobId": parts[0], "JobState": parts[1].split()[0],
-                                "ExitCode": parts[2], "NodeList": parts[3], "Reason": "None"})
+                                "ExitCode": parts[2], "NodeList": parts[3], "Reason": "None",
+                                "ArrayJobId": parts[0].split("_")[0]})
         return records
 
-    def describe(self, job_id: str) -> JobStatus:
-        record = self._record(job_id)
-        run = RunDir.find(job_id, self.root)
-        status = run.read_status()
-        if status.state.is_terminal():
-            return status
-        jobs = self._query(str(record["slurm_job_id"]))
-        if not jobs:
-            status.reason = "Slurm has no record of the job (yet)"
-            return status
-        states = [STATES.get(j.get("JobState", ""), JobState.PENDING) for j in jobs]
+    def describe_many(self, records: Sequence[JobRecord]) -> dict[str, Observation]:
+        """One scontrol call for every live job, one sacct call for those it forgot."""
+        by_slurm_id = {r.engine_id: r for r in records if r.engine_id}
+        if not by_slurm_id:
+            return {}
+        grouped: dict[str, list[dict[str, str]]] = {}
+        for job in self._scontrol_all():
+            key = job.get("ArrayJobId") or job.get("JobId", "")
+            if key in by_slurm_id:
+                grouped.setdefault(key, []).append(job)
+        missing = [i for i in by_slurm_id if i not in grouped]
+        if missing:
+            for job in self._sacct(missing):
+                grouped.setdefault(job["ArrayJobId"], []).append(job)
+        found = {}
+        for slurm_id, jobs in grouped.items():
+            record = by_slurm_id[slurm_id]
+            found[record.id] = self._observe(record, jobs)
+        for slurm_id in missing:
+            record = by_slurm_id[slurm_id]
+            if slurm_id not in grouped and time.time() - record.created > 60:
+                found[record.id] = Observation(
+                    JobState.UNKNOWN, f"Slurm has no record of job {slurm_id} (neither "
+                    "slurmctld nor accounting)")
+        return found
+
+    def _observe(self, record: JobRecord, jobs: list[dict[str, str]]) -> Observation:
+        states = [self._state(j) for j in jobs]
         bad = [s for s in states if s not in (JobState.SUCCEEDED, JobState.PENDING,
                                               JobState.RUNNING)]
         if any(s in (JobState.PENDING, JobState.RUNNING) for s in states):
-            status.state = JobState.RUNNING if JobState.RUNNING in states else JobState.PENDING
+            state = JobState.RUNNING if JobState.RUNNING in states else JobState.PENDING
         else:
-            status.state = bad[0] if bad else JobState.SUCCEEDED
+            state = bad[0] if bad else JobState.SUCCEEDED
         first = jobs[0]
         reason = first.get("Reason", "None")
-        status.reason = "" if reason in ("None", "(null)") else reason
-        status.notes = [f"slurm job {record['slurm_job_id']} on {first.get('NodeList', '?')}"]
-        if status.state is not JobState.PENDING:
-            status.started = _slurm_time(first.get("StartTime")) or status.started or time.time()
-        if status.state.is_terminal():
-            status.finished = _slurm_time(first.get("EndTime")) or time.time()
-            if status.state is JobState.TIMEOUT:
-                status.reason = "time limit reached (Slurm TIMEOUT)"
-            elif status.state is JobState.CANCELLED:
-                status.reason = "cancelled"
-            elif status.state is JobState.FAILED:
-                self._attribute_failure(status, record, first)
-        self._rank_states(status)
-        if status.state.is_terminal():
-            run.write_status(status)
-        return status
+        reason = "" if reason in ("None", "(null)") else reason
+        notes = (f"slurm job {record.engine_id} on {first.get('NodeList', '?')}",)
+        restarts = first.get("Restarts")
+        attempt = int(restarts) + 1 if restarts and restarts.isdigit() else None
+        started = finished = None
+        if state is not JobState.PENDING:
+            started = _slurm_time(first.get("StartTime")) or record.started or time.time()
+        failure = None
+        if state.is_terminal():
+            finished = _slurm_time(first.get("EndTime")) or time.time()
+            if state is JobState.TIMEOUT:
+                reason = "time limit reached (Slurm TIMEOUT)"
+            elif state is JobState.CANCELLED:
+                reason = "cancelled"
+            elif state is JobState.FAILED:
+                failure = self._attribute_failure(record, first)
+                reason = failure.describe()
+        return Observation(state, reason, engine_attempt=attempt, started=started,
+                           finished=finished, failure=failure, notes=notes,
+                           ranks=self._rank_states(record, state, failure,
+                                                   expand_nodelist(first.get("NodeList", ""))))
 
     @staticmethod
-    def _rank_states(status: JobStatus) -> None:
-        """Per-rank records: the job's state, the failing rank FAILED, the others stopped."""
-        failed = status.failure.rank if status.failure else None
-        others = JobState.CANCELLED if status.state is JobState.FAILED else status.state
-        status.ranks = [
-            RankStatus(rank=r, node=r // status.procs_per_node,
-                       state=JobState.FAILED if r == failed else others,
-                       returncode=status.failure.returncode if status.failure and r == failed
-                       else (0 if status.state is JobState.SUCCEEDED else None))
-            for r in range(status.nodes * status.procs_per_node)
-        ]
+    def _state(job: dict[str, str]) -> JobState:
+        slurm_state = job.get("JobState", "")
+        if slurm_state == "PREEMPTED" and job.get("Requeue") == "1":
+            return JobState.PENDING  # Slurm requeues it: not a final failure
+        return STATES.get(slurm_state, JobState.UNKNOWN)
 
-    def _log_text(self, record: dict[str, Any], name: str) -> str:
+    @staticmethod
+    def _rank_states(record: JobRecord, state: JobState, failure: Failure | None,
+                     hosts: list[str]) -> tuple[RankStatus, ...]:
+        """Per-rank records: the job's state, the failing rank FAILED, the others stopped."""
+        failed = failure.rank if failure else None
+        others = JobState.CANCELLED if state is JobState.FAILED else state
+        per_node = record.procs_per_node
+        return tuple(
+            RankStatus(rank=r, node=r // per_node,
+                       host=hosts[r // per_node] if r // per_node < len(hosts) else None,
+                       state=JobState.FAILED if r == failed else others,
+                       returncode=failure.returncode if failure and r == failed
+                       else (0 if state is JobState.SUCCEEDED else None))
+            for r in range(record.nodes * per_node)
+        )
+
+    def _read_run_file(self, record: JobRecord, relative: str) -> bytes | None:
         try:
-            data = self.transport.read_bytes(f"{record['run_dir']}/logs/{name}")
+            return self.transport.read_bytes(f"{record.run_dir}/{relative}")
         except FileNotFoundError:
+            return None
+
+    def _log_text(self, record: JobRecord, name: str) -> str:
+        try:
+            data = self.transport.read_bytes(f"{record.run_dir}/logs/{name}")
+        except (FileNotFoundError, BackendError):
             return ""
         return data.decode("utf-8", errors="replace")
 
-    def _attribute_failure(self, status: JobStatus, record: dict[str, Any],
-                           job: dict[str, str]) -> None:
+    def _attribute_failure(self, record: JobRecord, job: dict[str, str]) -> Failure:
         hosts = expand_nodelist(job.get("NodeList", ""))
-        batch = self._log_text(record, f"batch-{record['slurm_job_id']}.log")
+        batch = self._log_text(record, f"batch-{record.engine_id}.log")
         found = parse_srun_failure(batch)
         exit_text, _, signal_text = job.get("ExitCode", "1:0").partition(":")
         code = int(exit_text or 0) or -int(signal_text or 0) or 1
@@ -253,51 +301,44 @@ class SlurmBackend(Backend):
             reason = job.get("Reason", "None")
             why = describe_returncode(code) if reason in ("None", "NonZeroExitCode") else (
                 f"Slurm reports {reason} ({describe_returncode(code)}); see "
-                f"{record['run_dir']}/logs/batch-{record['slurm_job_id']}.log and slurmd's log")
-            status.failure = Failure(node=0, rank=None, returncode=code, reason=why,
-                                     last_lines=batch.splitlines()[-20:])
-            status.reason = status.failure.describe()
-            return
+                f"{record.run_dir}/logs/batch-{record.engine_id}.log and slurmd's log")
+            return Failure(node=0, rank=None, returncode=code, reason=why,
+                           last_lines=batch.splitlines()[-20:])
         host, task, code = found
         node = hosts.index(host) if host in hosts else 0
         rank: int | None = task
-        if record["launcher"] in ("torchrun", "deepspeed"):  # a task is a node's launcher
+        if record.launcher in ("torchrun", "deepspeed"):  # a task is a node's launcher
             inner = parse_torchrun(self._log_text(record, f"node-{node}.log"))
             rank, code = (inner.rank, inner.returncode) if inner else (None, code)
         log = f"rank-{rank}.log" if rank is not None else f"node-{node}.log"
         lines = self._log_text(record, log).splitlines()[-20:]
-        status.failure = Failure(
+        return Failure(
             node=node, rank=rank, returncode=code,
             reason=f"{describe_returncode(code)} on host {host}", last_lines=lines,
-            log=f"{record['run_dir']}/logs/{log}", time=time.time(),
+            log=f"{record.run_dir}/logs/{log}", time=time.time(),
         )
-        status.reason = status.failure.describe()
 
-    # -- logs, cancel, list ---------------------------------------------------------------
+    def find_submitted(self, records: Sequence[JobRecord]) -> dict[str, str]:
+        """Slurm jobs whose --comment carries one of these corral ids."""
+        wanted = {r.id for r in records}
+        found = {}
+        for job in self._scontrol_all():
+            comment = job.get("Comment", "")
+            if comment.startswith(COMMENT_PREFIX) and comment[len(COMMENT_PREFIX):] in wanted:
+                found[comment[len(COMMENT_PREFIX):]] = job.get("ArrayJobId") or job["JobId"]
+        return found
+
+    # -- logs, cancel ---------------------------------------------------------------------
 
     def logs(self, job_id: str, rank: int | None = None,
              follow: bool = False) -> Iterator[tuple[LogSource, str]]:
-        record = self._record(job_id)
-        log_dir = f"{record['run_dir']}/logs"
+        record = self.store.get(job_id)
+        log_dir = f"{record.run_dir}/logs"
         follower = LogFollower(Path(log_dir), rank, reader=self.transport.read_bytes,
                                lister=lambda: self.transport.list_dir(log_dir))
         return self.follow(job_id, follower, follow, self.options.poll_seconds)
 
-    def cancel(self, job_id: str, timeout: float = 30.0) -> JobStatus:
-        status = self.describe(job_id)
-        if status.state.is_terminal():
-            return status
-        self.transport.run(["scancel", self.slurm_id(job_id)])
-        deadline = time.monotonic() + timeout
-        while not (status := self.describe(job_id)).state.is_terminal():
-            if time.monotonic() > deadline:
-                break
-            time.sleep(self.options.poll_seconds)
-        return status
-
-    def list(self) -> list[JobStatus]:
-        return [self.describe(run.job_id) for run in iter_run_dirs(self.root, self.name)]
-
-    def wait(self, job_id: str, timeout: float | None = None, poll: float | None = None
-             ) -> JobStatus:
-        return super().wait(job_id, timeout, self.options.poll_seconds if poll is None else poll)
+    def _stop(self, record: JobRecord) -> None:
+        slurm_id = record.engine_id or self.find_submitted([record]).get(record.id)
+        if slurm_id is not None:
+            self.transport.run(["scancel", slurm_id])

@@ -65,10 +65,14 @@ def job_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]+", "_", name).strip("_")[:100] or "job"
 
 
+COMMENT_PREFIX = "corral-job="  # --comment carries corral's id: a lost submission is found
+
+
 def _sbatch_lines(spec: JobSpec, options: SlurmOptions, tasks_per_node: int,
-                  log_dir: str, code_dir: str) -> list[str]:
+                  log_dir: str, code_dir: str, job_id: str) -> list[str]:
     lines = [
         f"--job-name={job_name(spec.name)}",
+        f"--comment={COMMENT_PREFIX}{job_id}",
         f"--nodes={spec.nodes}",
         f"--ntasks-per-node={tasks_per_node}",
         f"--output={log_dir}/batch-%j.log" if not options.array
@@ -145,8 +149,8 @@ def render(spec: JobSpec, *, job_id: str, run_dir: str, workdir: str,
     env["CORRAL_BACKEND"] = "slurm"
 
     out = ["#!/bin/bash", f"# corral job {job_id}: rendered by corral, submitted as is"]
-    out += [f"#SBATCH {line}" for line in _sbatch_lines(spec, options, tasks_per_node,
-                                                          log_dir, code_dir)]
+    lines = _sbatch_lines(spec, options, tasks_per_node, log_dir, code_dir, job_id)
+    out += [f"#SBATCH {line}" for line in lines]
     out += ["set -eu", ""]
     out += [f"export {key}={shell.quote(str(value))}" for key, value in env.items()]
     out += [

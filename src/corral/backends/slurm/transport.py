@@ -13,7 +13,7 @@ import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from corral.errors import BackendError
 
@@ -42,6 +42,24 @@ def _failed(
     )
 
 
+def run_command(argv: Sequence[str], *, timeout: float, **kwargs: object) -> (
+        subprocess.CompletedProcess[Any]):
+    """subprocess.run, with a hang or an unstartable program as a corral error that names
+    the command and what it printed, never a traceback."""
+    try:
+        done: subprocess.CompletedProcess[Any] = subprocess.run(
+            list(argv), capture_output=True, timeout=timeout, **kwargs)  # type: ignore[call-overload]
+        return done
+    except subprocess.TimeoutExpired as exc:
+        said = exc.stderr or exc.stdout or b""
+        text = said.decode(errors="replace") if isinstance(said, bytes) else str(said)
+        raise BackendError(f"{shlex.join(argv)[:200]} did not finish in {timeout:g}s"
+                           + (f"; it printed: {text.strip()[:300]}" if text.strip() else "")
+                           + "; is the engine (or the ssh host) responding?") from None
+    except OSError as exc:
+        raise BackendError(f"cannot run {shlex.join(argv)[:200]}: {exc}") from None
+
+
 class LocalTransport:
     """Slurm's commands on this machine (a login node, or a machine with a Slurm client)."""
 
@@ -53,8 +71,7 @@ class LocalTransport:
         if shutil.which(argv[0], path=self.env.get("PATH")) is None:
             raise BackendError(f"{argv[0]!r} is not installed here: is this a Slurm login "
                                "node? To submit from elsewhere, set the slurm ssh option")
-        done = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout,
-                              env=self.env)
+        done = run_command(argv, text=True, timeout=timeout, env=self.env)
         if check and done.returncode != 0:
             raise _failed(argv, done, "this machine")
         return done
@@ -97,8 +114,7 @@ class SshTransport:
 
     def _ssh(self, command: str, *, data: bytes | None = None, check: bool = True,
              timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
-        done = subprocess.run([*self.ssh, self.target, command], input=data,
-                              capture_output=True, timeout=timeout)
+        done = run_command([*self.ssh, self.target, command], input=data, timeout=timeout)
         if check and done.returncode != 0:
             text = subprocess.CompletedProcess(done.args, done.returncode,
                                                done.stdout.decode(errors="replace"),
@@ -140,10 +156,10 @@ class SshTransport:
             raise BackendError("rsync is needed to copy code to the login node; install it")
         self._ssh(f"mkdir -p {shlex.quote(dst_dir)}")
         rsh = shlex.join(self.ssh)
-        done = subprocess.run(
+        done = run_command(
             ["rsync", "-a", "--from0", "--files-from=-", "-e", rsh, f"{src_dir}/",
              f"{self.target}:{dst_dir}/"],
-            input=b"\0".join(f.encode() for f in files), capture_output=True, timeout=600,
+            input=b"\0".join(f.encode() for f in files), timeout=600,
         )
         if done.returncode != 0:
             raise BackendError(f"rsync to {self.target}:{dst_dir} failed: "

@@ -1,0 +1,616 @@
+"""The job store: one SQLite database (WAL mode) at ``$CORRAL_HOME/corral.db``.
+
+It is the only writer of job records. Run directories hold logs, plans and payloads; the
+state of every job, its ranks and the log of its state changes live here::
+
+    jobs    one row per job: who, where (backend, the engine's own id), the spec, state,
+            reason, attempt, times, the process that owns its progress, schema version
+    ranks   one row per rank: node, host, state, exit code, signal, pid
+    events  every state change: time, from, to, attempt, reason, source
+    polls   when each engine was last asked (the watcher's shared minimum interval)
+
+Every state change goes through :mod:`corral.states`. Migrations only ever add tables and
+columns, and rows are read by column name, so a database written by a newer corral can be
+read by an older one; a state this corral does not know reads as UNKNOWN. Writers take
+the write lock up front (``BEGIN IMMEDIATE``) and wait for it, so concurrent processes
+queue instead of failing with "database is locked".
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+from corral.errors import BackendError, JobNotFound
+from corral.spec import JobState
+from corral.states import Source, transition
+from corral.status import Failure, JobStatus, RankStatus
+
+SCHEMA_VERSION = 1
+LOCK_WAIT_SECONDS = 120.0
+
+# Each entry moves the schema from version i to i + 1. Only ever append; only ever add.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        user TEXT NOT NULL,
+        backend TEXT NOT NULL,
+        poll_key TEXT NOT NULL,
+        engine_id TEXT,
+        options TEXT,
+        spec TEXT,
+        launcher TEXT,
+        nodes INTEGER NOT NULL DEFAULT 1,
+        procs_per_node INTEGER NOT NULL DEFAULT 1,
+        state TEXT NOT NULL,
+        reason TEXT NOT NULL DEFAULT '',
+        attempt INTEGER NOT NULL DEFAULT 1,
+        created REAL NOT NULL,
+        updated REAL NOT NULL,
+        started REAL,
+        finished REAL,
+        run_dir TEXT,
+        owner_pid INTEGER,
+        owner_start REAL,
+        failure TEXT,
+        notes TEXT,
+        details TEXT,
+        schema INTEGER NOT NULL
+    );
+    CREATE INDEX jobs_live ON jobs (backend, state);
+    CREATE INDEX jobs_created ON jobs (created);
+    CREATE TABLE ranks (
+        job_id TEXT NOT NULL,
+        rank INTEGER NOT NULL,
+        node INTEGER NOT NULL,
+        host TEXT,
+        state TEXT NOT NULL,
+        exit_code INTEGER,
+        signal INTEGER,
+        pid INTEGER,
+        PRIMARY KEY (job_id, rank)
+    );
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        job_id TEXT NOT NULL,
+        time REAL NOT NULL,
+        from_state TEXT,
+        to_state TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        reason TEXT NOT NULL DEFAULT '',
+        source TEXT NOT NULL
+    );
+    CREATE INDEX events_job ON events (job_id, id);
+    CREATE TABLE polls (
+        key TEXT PRIMARY KEY,
+        last REAL NOT NULL
+    );
+    """,
+)
+assert len(MIGRATIONS) == SCHEMA_VERSION
+
+_JOB_COLUMNS = (
+    "id", "name", "user", "backend", "poll_key", "engine_id", "options", "spec", "launcher",
+    "nodes", "procs_per_node", "state", "reason", "attempt", "created", "updated", "started",
+    "finished", "run_dir", "owner_pid", "owner_start", "failure", "notes", "details", "schema",
+)
+_LIVE = tuple(s.value for s in JobState if not s.is_terminal())
+T = TypeVar("T")
+
+
+class StoreError(BackendError):
+    """The job store cannot be opened, read or written."""
+
+
+class DuplicateJob(StoreError):
+    """A job with this id is already recorded."""
+
+
+def corral_home() -> Path:
+    return Path(os.environ.get("CORRAL_HOME") or Path.home() / ".corral")
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The local process that makes a job progress (the submitter, then a supervisor)."""
+
+    pid: int
+    start: float
+
+    @classmethod
+    def me(cls) -> Owner:
+        return cls.of(os.getpid())
+
+    @classmethod
+    def of(cls, pid: int) -> Owner:
+        import psutil
+
+        return cls(pid, psutil.Process(pid).create_time())
+
+    def alive(self) -> bool:
+        """True only for this very process: same PID and the same start time."""
+        import psutil
+
+        try:
+            process = psutil.Process(self.pid)
+            return (abs(process.create_time() - self.start) < 0.05
+                    and process.status() != psutil.STATUS_ZOMBIE)
+        except psutil.Error:
+            return False
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What a backend saw of one job; the store turns it into a state change."""
+
+    state: JobState
+    reason: str = ""
+    engine_attempt: int | None = None  # the engine's count of starts, when it keeps one
+    started: float | None = None
+    finished: float | None = None
+    ranks: tuple[RankStatus, ...] | None = None
+    failure: Failure | None = None
+    notes: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """One row of ``jobs``, parsed. Unreadable parts show as UNKNOWN with the reason."""
+
+    id: str
+    name: str
+    user: str
+    backend: str
+    poll_key: str
+    state: JobState
+    reason: str
+    attempt: int
+    created: float
+    updated: float
+    nodes: int = 1
+    procs_per_node: int = 1
+    engine_id: str | None = None
+    options: dict[str, Any] | None = None
+    spec: dict[str, Any] | None = None
+    launcher: str | None = None
+    started: float | None = None
+    finished: float | None = None
+    run_dir: str | None = None
+    owner: Owner | None = None
+    failure: Failure | None = None
+    notes: tuple[str, ...] = ()
+    details: dict[str, Any] = field(default_factory=dict)
+    schema: int = SCHEMA_VERSION
+
+    def to_status(self, ranks: Sequence[RankStatus] = ()) -> JobStatus:
+        return JobStatus(
+            job_id=self.id, name=self.name, backend=self.backend, state=self.state,
+            reason=self.reason, nodes=self.nodes, procs_per_node=self.procs_per_node,
+            created=self.created, started=self.started, finished=self.finished,
+            run_dir=self.run_dir, ranks=list(ranks), failure=self.failure,
+            notes=list(self.notes), attempt=self.attempt, user=self.user,
+            engine_id=self.engine_id,
+        )
+
+
+@dataclass(frozen=True)
+class Event:
+    job_id: str
+    time: float
+    from_state: str | None
+    to_state: str
+    attempt: int
+    reason: str
+    source: str
+
+
+def _loads(text: str | None, what: str, problems: list[str]) -> Any:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        problems.append(f"{what} is not valid JSON")
+        return None
+
+
+def _state(text: Any, problems: list[str]) -> JobState:
+    try:
+        return JobState(text)
+    except ValueError:
+        problems.append(f"state {str(text)[:40]!r} is unknown to this corral "
+                        "(written by a newer one?)")
+        return JobState.UNKNOWN
+
+
+def _failure(data: Any, problems: list[str]) -> Failure | None:
+    if data is None:
+        return None
+    try:
+        known = {k: data[k] for k in Failure.__dataclass_fields__ if k in data}
+        return Failure(**known)
+    except (TypeError, KeyError):
+        problems.append("failure is unreadable")
+        return None
+
+
+def _record(row: sqlite3.Row) -> JobRecord:
+    problems: list[str] = []
+    keys = set(row.keys())
+
+    def get(key: str) -> Any:
+        return row[key] if key in keys else None
+
+    state = _state(get("state"), problems)
+    notes = _loads(get("notes"), "notes", problems) or []
+    details = _loads(get("details"), "details", problems) or {}
+    owner = (Owner(int(get("owner_pid")), float(get("owner_start") or 0))
+             if get("owner_pid") is not None else None)
+    try:
+        record = JobRecord(
+            id=str(get("id")), name=str(get("name") or "?"), user=str(get("user") or "?"),
+            backend=str(get("backend") or "?"), poll_key=str(get("poll_key") or ""),
+            state=state, reason=str(get("reason") or ""), attempt=int(get("attempt") or 1),
+            created=float(get("created") or 0), updated=float(get("updated") or 0),
+            nodes=int(get("nodes") or 1), procs_per_node=int(get("procs_per_node") or 1),
+            engine_id=get("engine_id"), options=_loads(get("options"), "options", problems),
+            spec=_loads(get("spec"), "spec", problems), launcher=get("launcher"),
+            started=get("started"), finished=get("finished"), run_dir=get("run_dir"),
+            owner=owner, failure=_failure(_loads(get("failure"), "failure", problems),
+                                          problems),
+            notes=tuple(str(n) for n in notes) if isinstance(notes, list) else (),
+            details=details if isinstance(details, dict) else {},
+            schema=int(get("schema") or 0),
+        )
+    except (TypeError, ValueError) as exc:
+        problems.append(f"a field is unreadable ({exc})")
+        record = JobRecord(id=str(get("id")), name="?", user="?", backend="?", poll_key="",
+                           state=JobState.UNKNOWN, reason="", attempt=1, created=0.0,
+                           updated=0.0)
+    if problems:
+        record = replace(record, state=JobState.UNKNOWN,
+                         reason="corrupt record: " + "; ".join(problems))
+    return record
+
+
+def _rank(row: sqlite3.Row) -> RankStatus:
+    problems: list[str] = []
+    code = row["exit_code"]
+    if code is None and row["signal"] is not None:
+        code = -int(row["signal"])
+    return RankStatus(rank=int(row["rank"]), node=int(row["node"]), pid=row["pid"],
+                      returncode=code, state=_state(row["state"], problems), host=row["host"])
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, ensure_ascii=False, default=str)
+
+
+def _failure_json(failure: Failure | None) -> str | None:
+    from dataclasses import asdict
+
+    return None if failure is None else _json(asdict(failure))
+
+
+class Store:
+    """A connection to the job database. Safe to share between threads of one process."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.RLock()
+        self._db = self._connect()
+
+    # -- opening and migrating -------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        folder = self.path.parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot create corral's home {str(folder)!r} ({exc.strerror or exc}); set "
+                "CORRAL_HOME to a writable directory") from None
+        if not folder.is_dir():
+            raise StoreError(f"corral's home {str(folder)!r} is not a directory; set "
+                             "CORRAL_HOME to a directory")
+        try:
+            db = sqlite3.connect(str(self.path), timeout=LOCK_WAIT_SECONDS,
+                                 isolation_level=None, check_same_thread=False)
+            db.row_factory = sqlite3.Row
+            db.execute(f"PRAGMA busy_timeout = {int(LOCK_WAIT_SECONDS * 1000)}")
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = NORMAL")
+            self._migrate(db)
+        except sqlite3.Error as exc:
+            raise StoreError(
+                f"cannot open the job store {str(self.path)!r}: {exc}; check that the file "
+                "and its folder are writable (or move it away to start a new one)") from None
+        try:
+            os.chmod(self.path, 0o600)
+        except OSError:
+            pass
+        return db
+
+    @staticmethod
+    def _migrate(db: sqlite3.Connection) -> None:
+        version = int(db.execute("PRAGMA user_version").fetchone()[0])
+        if version >= SCHEMA_VERSION:
+            return  # a newer corral's schema only adds to ours: read what we know
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            version = int(db.execute("PRAGMA user_version").fetchone()[0])
+            for step in range(version, SCHEMA_VERSION):
+                for statement in MIGRATIONS[step].split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+            db.execute(f"PRAGMA user_version = {max(version, SCHEMA_VERSION)}")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._read(lambda db: db.execute("PRAGMA user_version").fetchone()[0]))
+
+    # -- transactions ----------------------------------------------------------------------
+
+    def _read(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        with self._lock:
+            try:
+                return work(self._db)
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot read the job store {str(self.path)!r}: {exc}") from None
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, holding the database's write lock from its start."""
+        with self._lock:
+            db = self._db
+            deadline = time.monotonic() + LOCK_WAIT_SECONDS
+            while True:
+                try:
+                    db.execute("BEGIN IMMEDIATE")
+                    break
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) and "busy" not in str(exc):
+                        raise StoreError(f"cannot write the job store {str(self.path)!r}: "
+                                         f"{exc}") from None
+                    if time.monotonic() > deadline:
+                        raise StoreError(
+                            f"the job store {str(self.path)!r} stayed locked for "
+                            f"{LOCK_WAIT_SECONDS:.0f}s; is a corral process stuck?") from None
+                    time.sleep(0.01)
+            try:
+                yield db
+                db.execute("COMMIT")
+            except sqlite3.IntegrityError:
+                db.execute("ROLLBACK")
+                raise
+            except sqlite3.Error as exc:
+                db.execute("ROLLBACK")
+                raise StoreError(f"cannot write the job store {str(self.path)!r}: "
+                                 f"{exc}") from None
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+    # -- jobs ------------------------------------------------------------------------------
+
+    def create(self, job_id: str, *, name: str, backend: str, poll_key: str,
+               nodes: int, procs_per_node: int, launcher: str | None = None,
+               spec: dict[str, Any] | None = None, options: dict[str, Any] | None = None,
+               run_dir: str | None = None, details: dict[str, Any] | None = None,
+               owner: Owner | None = None) -> JobRecord:
+        """Record a new job as SUBMITTING, before any engine is called."""
+        now = time.time()
+        values = {
+            "id": job_id, "name": name, "user": _user(), "backend": backend,
+            "poll_key": poll_key, "engine_id": None, "options": _json(options),
+            "spec": _json(spec), "launcher": launcher, "nodes": nodes,
+            "procs_per_node": procs_per_node, "state": JobState.SUBMITTING.value,
+            "reason": "", "attempt": 1, "created": now, "updated": now, "started": None,
+            "finished": None, "run_dir": run_dir,
+            "owner_pid": owner.pid if owner else None,
+            "owner_start": owner.start if owner else None, "failure": None, "notes": None,
+            "details": _json(details or {}), "schema": SCHEMA_VERSION,
+        }
+        columns = ", ".join(values)
+        marks = ", ".join("?" for _ in values)
+        try:
+            with self._write() as db:
+                db.execute(f"INSERT INTO jobs ({columns}) VALUES ({marks})", tuple(values.values()))
+                ranks = [(job_id, r, r // procs_per_node, JobState.PENDING.value)
+                         for r in range(nodes * procs_per_node)]
+                db.executemany("INSERT INTO ranks (job_id, rank, node, state) VALUES (?,?,?,?)",
+                               ranks)
+                self._event(db, job_id, None, JobState.SUBMITTING, 1, "", Source.SUBMIT, now)
+        except sqlite3.IntegrityError:
+            raise DuplicateJob(f"a job {job_id!r} is already recorded") from None
+        return self.get(job_id)
+
+    def get(self, job_id: str) -> JobRecord:
+        row = self._read(lambda db: db.execute(
+            "SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
+        if row is None:
+            shown = job_id if len(job_id) <= 80 else job_id[:77] + "..."
+            raise JobNotFound(f"no job {shown!r} in {str(self.path)!r}; `corral ps -a` lists "
+                              "the known jobs")
+        return _record(row)
+
+    def ranks(self, job_id: str) -> list[RankStatus]:
+        rows = self._read(lambda db: db.execute(
+            "SELECT * FROM ranks WHERE job_id = ? ORDER BY rank", (job_id,)).fetchall())
+        return [_rank(r) for r in rows]
+
+    def status(self, job_id: str) -> JobStatus:
+        return self.get(job_id).to_status(self.ranks(job_id))
+
+    def jobs(self, backend: str | None = None, live: bool = False,
+             poll_key: str | None = None) -> list[JobRecord]:
+        """Recorded jobs, newest first (only unfinished ones with ``live``)."""
+        clauses, params = [], []
+        if backend is not None:
+            clauses.append("backend = ?")
+            params.append(backend)
+        if poll_key is not None:
+            clauses.append("poll_key = ?")
+            params.append(poll_key)
+        if live:
+            clauses.append(f"state IN ({', '.join('?' for _ in _LIVE)})")
+            params.extend(_LIVE)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self._read(lambda db: db.execute(
+            f"SELECT * FROM jobs {where} ORDER BY created DESC, id", params).fetchall())
+        return [_record(r) for r in rows]
+
+    def events(self, job_id: str) -> list[Event]:
+        rows = self._read(lambda db: db.execute(
+            "SELECT * FROM events WHERE job_id = ? ORDER BY id", (job_id,)).fetchall())
+        return [Event(r["job_id"], r["time"], r["from_state"], r["to_state"], r["attempt"],
+                      r["reason"], r["source"]) for r in rows]
+
+    # -- state changes ---------------------------------------------------------------------
+
+    @staticmethod
+    def _event(db: sqlite3.Connection, job_id: str, old: JobState | None, new: JobState,
+               attempt: int, reason: str, source: Source, now: float) -> None:
+        db.execute(
+            "INSERT INTO events (job_id, time, from_state, to_state, attempt, reason, source)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (job_id, now, old.value if old else None, new.value, attempt, reason, source.value),
+        )
+
+    def apply(self, job_id: str, observed: Observation, source: Source, *,
+              engine_id: str | None = None, owner: Owner | None = None,
+              clear_owner: bool = False) -> tuple[JobRecord, bool]:
+        """Move a job to what was observed, if the state machine allows it.
+
+        Returns the record after the change and whether the state (or attempt) changed. A
+        move the state machine refuses (a terminal state seen changing without an engine
+        requeue, a stale observation) changes nothing.
+        """
+        now = time.time()
+        with self._write() as db:
+            row = db.execute("SELECT state, attempt, reason FROM jobs WHERE id = ?",
+                             (job_id,)).fetchone()
+            if row is None:
+                raise JobNotFound(f"no job {job_id!r} in {str(self.path)!r}")
+            try:
+                current = JobState(row["state"])
+            except ValueError:
+                current = JobState.UNKNOWN
+            attempt = int(row["attempt"])
+            from corral.states import IllegalTransition
+
+            try:
+                change = transition(current, attempt, observed.state, observed.engine_attempt)
+            except IllegalTransition:
+                change = None
+            sets: dict[str, Any] = {"updated": now}
+            if engine_id is not None:
+                sets["engine_id"] = engine_id
+            if owner is not None:
+                sets["owner_pid"], sets["owner_start"] = owner.pid, owner.start
+            elif clear_owner:
+                sets["owner_pid"] = sets["owner_start"] = None
+            if change is not None:
+                if change.requeued:
+                    self._event(db, job_id, current, JobState.PENDING, change.attempt,
+                                "requeued by the engine", source, now)
+                    sets.update(failure=None, finished=None)
+                    current = JobState.PENDING
+                if change.state is not current:
+                    self._event(db, job_id, current, change.state, change.attempt,
+                                observed.reason, source, now)
+                sets.update(state=change.state.value, attempt=change.attempt,
+                            reason=observed.reason)
+                for name in ("started", "finished"):
+                    value = getattr(observed, name)
+                    if value is not None:
+                        sets[name] = value
+                if observed.failure is not None:
+                    sets["failure"] = _failure_json(observed.failure)
+                if observed.notes is not None:
+                    sets["notes"] = _json(list(observed.notes))
+                if observed.ranks is not None:
+                    self._write_ranks(db, job_id, observed.ranks)
+            assignments = ", ".join(f"{k} = ?" for k in sets)
+            db.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*sets.values(), job_id))
+        return self.get(job_id), change is not None and change.changed
+
+    @staticmethod
+    def _write_ranks(db: sqlite3.Connection, job_id: str, ranks: Sequence[RankStatus]) -> None:
+        for rank in ranks:
+            code = rank.returncode
+            db.execute(
+                "INSERT INTO ranks (job_id, rank, node, host, state, exit_code, signal, pid) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (job_id, rank) DO UPDATE SET "
+                "node = excluded.node, host = excluded.host, state = excluded.state, "
+                "exit_code = excluded.exit_code, signal = excluded.signal, pid = excluded.pid",
+                (job_id, rank.rank, rank.node, rank.host, rank.state.value,
+                 code if code is not None and code >= 0 else None,
+                 -code if code is not None and code < 0 else None, rank.pid),
+            )
+
+    def update_ranks(self, job_id: str, ranks: Sequence[RankStatus]) -> None:
+        """Record rank details that are not a change of the job's state."""
+        with self._write() as db:
+            self._write_ranks(db, job_id, ranks)
+
+    def update_details(self, job_id: str, **details: Any) -> None:
+        with self._write() as db:
+            row = db.execute("SELECT details FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise JobNotFound(f"no job {job_id!r} in {str(self.path)!r}")
+            current = _loads(row["details"], "details", []) or {}
+            current.update(details)
+            db.execute("UPDATE jobs SET details = ?, updated = ? WHERE id = ?",
+                       (_json(current), time.time(), job_id))
+
+    # -- the watcher's shared clock --------------------------------------------------------
+
+    def claim_poll(self, key: str, interval: float) -> bool:
+        """True if it is this process's turn to ask the engine behind ``key`` (at most once
+        per ``interval`` seconds, across every corral process on this machine)."""
+        now = time.time()
+        with self._write() as db:
+            row = db.execute("SELECT last FROM polls WHERE key = ?", (key,)).fetchone()
+            if row is not None and now - float(row["last"]) < interval:
+                return False
+            db.execute("INSERT INTO polls (key, last) VALUES (?, ?) ON CONFLICT (key) DO "
+                       "UPDATE SET last = excluded.last", (key, now))
+        return True
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.getuid())
+
+
+_STORES: dict[tuple[int, str], Store] = {}
+_STORES_LOCK = threading.Lock()
+
+
+def open_store(path: Path | None = None) -> Store:
+    """The store at ``path`` (default ``$CORRAL_HOME/corral.db``), one per process."""
+    target = path or corral_home() / "corral.db"
+    key = (os.getpid(), str(target))
+    with _STORES_LOCK:
+        store = _STORES.get(key)
+        if store is None:
+            store = _STORES[key] = Store(target)
+        return store
