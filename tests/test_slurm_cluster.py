@@ -163,7 +163,7 @@ def test_array_and_afterok_dependency(cluster: object, tmp_path: Path) -> None:
         "sh", "-c", f'echo "$SLURM_ARRAY_TASK_ID" > {tmp_path}/task-$SLURM_ARRAY_TASK_ID'
     ]}, workdir=str(tmp_path)))
     after = SlurmBackend(SlurmOptions(python=sys.executable, poll_seconds=0.1,
-                                      dependency=f"afterok:{arrays.slurm_id(first.job_id)}"))
+                                      dependency=f"afterok:{arrays.store.get(first.job_id).engine_id}"))
     second = after.submit(JobSpec(name="after", entrypoint={"kind": "command", "argv": [
         "sh", "-c", f"ls {tmp_path} > {tmp_path}/seen"]}, workdir=str(tmp_path)))
     assert after.wait(second.job_id, timeout=120).state is JobState.SUCCEEDED

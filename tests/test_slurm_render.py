@@ -36,7 +36,7 @@ export CORRAL_LOG_DIR=/shared/j-1/logs"${{SLURM_ARRAY_TASK_ID:+/array-$SLURM_ARR
 mkdir -p "$CORRAL_LOG_DIR"
 hosts=$(scontrol show hostnames "$SLURM_JOB_NODELIST")
 export MASTER_ADDR=$(printf "%s\\n" $hosts | head -n 1)
-export MASTER_PORT=$(( 20000 + SLURM_JOB_ID % 20000 ))
+export MASTER_PORT=$(( 10000 + SLURM_JOB_ID % 20000 ))
 export CORRAL_HOSTS=$(printf "%s\\n" $hosts | paste -sd, -)
 export CORRAL_HOSTFILE="$CORRAL_LOG_DIR/hostfile"
 printf "%s slots=2\\n" $hosts > "$CORRAL_HOSTFILE"

@@ -6,7 +6,6 @@ import importlib.util
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,18 +20,12 @@ from corral.backends.local.render import LocalOptions, LocalPlan, Machine, rende
 from corral.backends.local.supervisor import Supervisor, stop_agents
 from corral.errors import MissingDependency, SubmitError
 from corral.logs import LogFollower, LogSource
+from corral.ports import pick_port
 from corral.rundir import RunDir, new_job_id, runs_root
 from corral.spec import Command, Function, JobSpec, JobState, Module, Script
 from corral.states import Source
 from corral.status import JobStatus, RankStatus
 from corral.store import JobRecord, Observation, Owner, Store
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def visible_gpus() -> tuple[str, ...]:
@@ -134,7 +127,7 @@ class LocalBackend(Backend):
                 extra.append("--allow-run-as-root")
             spec = spec.replace(launcher_args=(*extra, *spec.launcher_args))
         return render(
-            spec, job_id=job_id, run_dir=str(self.root / job_id), master_port=free_port(),
+            spec, job_id=job_id, run_dir=str(self.root / job_id), master_port=pick_port(),
             machine=machine, workdir=workdir, preload=guess_preload(spec, workdir),
             options=self.options,
         )

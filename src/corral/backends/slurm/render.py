@@ -32,7 +32,9 @@ NODE_ID = shell.ref("SLURM_NODEID")
 MASTER_ADDR = shell.ref("MASTER_ADDR")
 MASTER_PORT = shell.ref("MASTER_PORT")
 LOG_DIR = shell.ref("CORRAL_LOG_DIR")
-PORT_BASE = 20000  # MASTER_PORT = PORT_BASE + job id % PORT_SPAN: distinct for running jobs
+# MASTER_PORT = PORT_BASE + job id % PORT_SPAN: distinct for running jobs, and below Linux's
+# default ephemeral range (32768-60999), so an outgoing connection never holds it.
+PORT_BASE = 10000
 PORT_SPAN = 20000
 
 _RANK_FROM_SLURM = (

@@ -1,0 +1,138 @@
+"""Choosing a job's rendezvous port (``MASTER_PORT``).
+
+A port the kernel hands out for outgoing connections (its *ephemeral* range,
+``/proc/sys/net/ipv4/ip_local_port_range``) may be taken by any connection between the
+moment corral picks it and the moment rank 0 binds it. So :func:`pick_port` draws at
+random from the ports in [1024, 65535] outside that range, and probes each candidate
+before returning it: nothing may listen on it (on any address), and it must bind on the
+given host with ``SO_REUSEADDR`` off. A probe cannot reserve the port; it makes a clash
+unlikely, not impossible.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import socket
+from collections.abc import Collection
+from pathlib import Path
+from typing import Any
+
+from corral.errors import BackendError
+
+EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+DEFAULT_EPHEMERAL_RANGE = (32768, 60999)  # Linux's default
+LISTENING_FILES = (Path("/proc/net/tcp"), Path("/proc/net/tcp6"))
+LOWEST_PORT = 1024  # below: privileged ports
+HIGHEST_PORT = 65535
+PROBES = 64
+_TCP_LISTEN = "0A"  # the state column of /proc/net/tcp
+
+
+def ephemeral_range(path: str | os.PathLike[str] = EPHEMERAL_RANGE_FILE) -> tuple[int, int]:
+    """The kernel's ephemeral port range (low, high), both included.
+
+    Linux's default (32768, 60999) when the file is missing, unreadable or malformed.
+    """
+    try:
+        fields = Path(path).read_text(encoding="ascii").split()
+        low, high = (int(field) for field in fields)
+    except (OSError, UnicodeDecodeError, ValueError):
+        return DEFAULT_EPHEMERAL_RANGE
+    if not 0 < low <= high <= HIGHEST_PORT:
+        return DEFAULT_EPHEMERAL_RANGE
+    return low, high
+
+
+def listening_ports(paths: Collection[str | os.PathLike[str]] = LISTENING_FILES) -> set[int]:
+    """TCP ports something listens on, on any address (from ``/proc/net/tcp{,6}``).
+
+    Empty where those files cannot be read (not Linux); the bind probe still runs.
+    """
+    ports: set[int] = set()
+    for path in paths:
+        try:
+            lines = Path(path).read_text(encoding="ascii").splitlines()[1:]
+        except (OSError, UnicodeDecodeError):
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) < 4 or fields[3] != _TCP_LISTEN:
+                continue
+            _, _, port = fields[1].rpartition(":")
+            try:
+                ports.add(int(port, 16))
+            except ValueError:
+                continue
+    return ports
+
+
+def pick_port(
+    host: str = "127.0.0.1",
+    *,
+    avoid: Collection[int] = (),
+    rng: random.Random | None = None,
+    ephemeral: tuple[int, int] | None = None,
+    probes: int = PROBES,
+) -> int:
+    """A free TCP port on ``host``, outside the ephemeral range and outside ``avoid``.
+
+    ``ephemeral`` is the range to stay out of (default: :func:`ephemeral_range`);
+    ``rng`` draws the candidates (``rng.sample``); at most ``probes`` are tried.
+    Raises :class:`~corral.errors.BackendError` when none of them is free.
+    """
+    low, high = ephemeral or ephemeral_range()
+    excluded = set(avoid)
+    candidates = [port for port in (*range(LOWEST_PORT, low), *range(high + 1, HIGHEST_PORT + 1))
+                  if port not in excluded]
+    source = str(EPHEMERAL_RANGE_FILE) if ephemeral is None else "the range given"
+    if not candidates:
+        raise BackendError(
+            f"no TCP port to choose on {host}: every port in [{LOWEST_PORT}, {HIGHEST_PORT}] "
+            f"is in the kernel's ephemeral range {low}-{high} (from {source}) or among the "
+            f"{len(excluded)} ports to avoid; narrow the ephemeral range, e.g. "
+            "sysctl -w net.ipv4.ip_local_port_range='32768 60999'")
+    family, sockaddr = _resolve(host)
+    listening = listening_ports()
+    draw = rng or random.SystemRandom()
+    tried: list[int] = draw.sample(candidates, min(probes, len(candidates)))
+    for port in tried:
+        if port in excluded or not (LOWEST_PORT <= port <= HIGHEST_PORT) or low <= port <= high:
+            continue  # a proposal from outside the candidates (a custom rng)
+        if port not in listening and _is_free(family, sockaddr, port):
+            return port
+    raise BackendError(
+        f"no free TCP port on {host}: all {len(tried)} ports probed outside the kernel's "
+        f"ephemeral range {low}-{high} (from {source}) are listened on or cannot be bound; "
+        "stop the programs holding them (see `ss -ltn`), or run fewer jobs at once")
+
+
+def _resolve(host: str) -> tuple[socket.AddressFamily, tuple[Any, ...]]:
+    try:
+        infos = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        raise BackendError(
+            f"cannot choose a port on host {host!r}: the name does not resolve ({exc}); "
+            "give an IP address or a host name of this machine") from exc
+    family, _, _, _, sockaddr = infos[0]
+    return family, tuple(sockaddr)
+
+
+def _is_free(family: socket.AddressFamily, sockaddr: tuple[Any, ...], port: int) -> bool:
+    """Nothing accepts connections on the port, and it binds without SO_REUSEADDR."""
+    target = (sockaddr[0], port, *sockaddr[2:])  # IPv6 keeps its flow info and scope id
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            if probe.connect_ex(target) != errno.ECONNREFUSED:
+                return False  # something accepted, or we cannot tell
+        except OSError:
+            return False
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
+        try:
+            probe.bind(target)
+        except OSError:
+            return False
+    return True
