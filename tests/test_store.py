@@ -3,6 +3,7 @@ compatibility, corrupt records, crashed submissions."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sqlite3
@@ -80,7 +81,7 @@ def test_engine_requeue_is_the_only_way_out_of_a_terminal_state(corral_home: Pat
 
 
 def test_unknown_job_is_a_clear_error(corral_home: Path) -> None:
-    with pytest.raises(JobNotFound, match="no job 'x{77}\\.\\.\\.'"):
+    with pytest.raises(JobNotFound, match=r"no job 'x{77}\.\.\.'"):
         open_store().get("x" * 5000)
 
 
@@ -126,7 +127,7 @@ def test_random_event_sequences_keep_the_invariants(
             assert record.attempt == engine_attempt and record.state is new
         state, attempt = record.state, record.attempt
     events = store.events(job)
-    for earlier, later in zip(events, events[1:], strict=False):
+    for earlier, later in itertools.pairwise(events):
         assert later.from_state == earlier.to_state  # one unbroken chain
         assert later.attempt >= earlier.attempt
     assert events[-1].to_state == state.value and events[-1].attempt == attempt
