@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -61,3 +64,28 @@ def read_rank_outputs(out_dir: Path) -> dict[int, dict]:
 
 def python() -> str:
     return sys.executable
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[object]:
+    require(os.geteuid() == 0, "the Slurm test cluster needs root (network namespaces)")
+    require(shutil.which("slurmctld") is not None,
+            "Slurm is not installed: make system-deps (apt-get install slurmctld slurmd ...)")
+    sys.path.insert(0, str(REPO / "tests"))
+    from infra.slurm_cluster import SlurmCluster
+
+    state = Path(os.environ.get("CORRAL_SLURM_STATE", "/tmp/corral-slurm"))
+    started = time.monotonic()
+    test_cluster = SlurmCluster(state)
+    test_cluster.up()
+    print(f"slurm test cluster up in {time.monotonic() - started:.1f}s")
+    saved = {k: os.environ.get(k) for k in test_cluster.env}
+    os.environ.update(test_cluster.env)
+    yield test_cluster
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    if not os.environ.get("CORRAL_KEEP_SLURM"):
+        test_cluster.down()

@@ -105,13 +105,14 @@ def test_every_option_renders_its_sbatch_line() -> None:
     s = spec("none", time_limit="1h30m", resources={"cpus": 8, "memory": "16G", "gpus": 2},
              queue="gpu", priority=-5)
     text = script(s, account="proj1", qos="high", reservation="res1", constraint="a100&ib",
-                  array="0-3%2", dependency="afterok:41", exclusive=True,
+                  array="0-3%2", dependency="afterok:41", exclusive=True, requeue=True,
                   extra_sbatch=["--mail-type=END"])
     lines = [line.removeprefix("#SBATCH ") for line in text.splitlines() if "#SBATCH" in line]
     assert lines[6:] == [
         "--partition=gpu", "--account=proj1", "--qos=high", "--reservation=res1",
         "--constraint=a100&ib", "--array=0-3%2", "--dependency=afterok:41", "--time=01:30:00",
-        "--cpus-per-task=4", "--mem=16384M", "--gpus-per-node=2", "--exclusive", "--nice=5",
+        "--cpus-per-task=4", "--mem=16384M", "--gpus-per-node=2", "--exclusive", "--requeue",
+        "--nice=5",
         "--mail-type=END",
     ]
     assert lines[4] == "--output=/shared/j-1/logs/batch-%A_%a.log"

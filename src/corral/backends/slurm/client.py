@@ -55,7 +55,7 @@ def parse_scontrol(text: str) -> list[dict[str, str]]:
             continue
         record: dict[str, str] = {}
         for match in re.finditer(r"(\w+(?:/\w+)?)=(.*?)(?=\s\w+(?:/\w+)?=|$)", line):
-            record[match.group(1)] = match.group(2)
+            record[match.group(1)] = match.group(2).strip()
         records.append(record)
     return records
 
@@ -224,19 +224,23 @@ class SlurmBackend(Backend):
         return found
 
     def _observe(self, record: JobRecord, jobs: list[dict[str, str]]) -> Observation:
-        states = [self._state(j) for j in jobs]
+        first = jobs[0]
+        restarts = first.get("Restarts")
+        attempt = int(restarts) + 1 if restarts and restarts.isdigit() else None
+        requeueing = attempt is not None and attempt > record.attempt
+        # A requeued job first shows COMPLETING (its old processes are being cleaned up):
+        # for the new attempt that is still waiting, not running.
+        states = [JobState.PENDING if requeueing and j.get("JobState") == "COMPLETING"
+                  else self._state(j) for j in jobs]
         bad = [s for s in states if s not in (JobState.SUCCEEDED, JobState.PENDING,
                                               JobState.RUNNING)]
         if any(s in (JobState.PENDING, JobState.RUNNING) for s in states):
             state = JobState.RUNNING if JobState.RUNNING in states else JobState.PENDING
         else:
             state = bad[0] if bad else JobState.SUCCEEDED
-        first = jobs[0]
         reason = first.get("Reason", "None")
         reason = "" if reason in ("None", "(null)") else reason
         notes = (f"slurm job {record.engine_id} on {first.get('NodeList', '?')}",)
-        restarts = first.get("Restarts")
-        attempt = int(restarts) + 1 if restarts and restarts.isdigit() else None
         started = finished = None
         if state is not JobState.PENDING:
             started = _slurm_time(first.get("StartTime")) or record.started or time.time()

@@ -31,6 +31,7 @@ class SlurmOptions(BaseModel):
     gres: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_:,.-]+$")
     cpus_per_task: int | None = Field(default=None, ge=1)
     exclusive: bool = False
+    requeue: bool | None = None  # --requeue / --no-requeue (None: the cluster's default)
     array: str | None = None
     dependency: str | None = None
     extra_sbatch: tuple[str, ...] = ()

@@ -102,6 +102,8 @@ def _sbatch_lines(spec: JobSpec, options: SlurmOptions, tasks_per_node: int,
         lines.append(f"--gpus-per-node={gpus}")
     if options.exclusive:
         lines.append("--exclusive")
+    if options.requeue is not None:
+        lines.append("--requeue" if options.requeue else "--no-requeue")
     if spec.priority < 0:
         lines.append(f"--nice={-spec.priority}")
     lines.extend(options.extra_sbatch)

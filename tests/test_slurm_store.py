@@ -1,0 +1,133 @@
+"""The job store against the real Slurm test cluster: a submitter killed around sbatch,
+the shared watcher's command count, and a job that Slurm requeues."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import require
+from corral.backends.slurm import SlurmBackend, SlurmOptions
+from corral.spec import JobSpec, JobState
+from corral.store import open_store
+
+pytestmark = pytest.mark.slurm
+CORRAL = [sys.executable, "-m", "corral.cli"]
+
+
+def wrappers(folder: Path, log: Path, **bodies: str) -> dict[str, str]:
+    """A PATH folder with shell wrappers around Slurm's commands; returns the env."""
+    folder.mkdir(exist_ok=True)
+    for name, body in bodies.items():
+        real = shutil.which(name)
+        assert real, name
+        script = folder / name
+        script.write_text(f"#!/bin/sh\nREAL={real}\n{body}\n")
+        script.chmod(0o755)
+    return {**os.environ, "PATH": f"{folder}:{os.environ['PATH']}", "CALL_LOG": str(log)}
+
+
+def slurm_jobs_with(job_id: str) -> list[str]:
+    out = subprocess.run(["scontrol", "show", "job", "-o"], capture_output=True,
+                         text=True).stdout
+    return [line for line in out.splitlines() if f"Comment=corral-job={job_id}" in line]
+
+
+@pytest.mark.parametrize("moment", ["before", "during", "after"])
+def test_killed_submitter_is_reconciled_without_duplicates(
+        cluster: object, tmp_path: Path, moment: str) -> None:
+    require(shutil.which("sbatch") is not None, "no sbatch")
+    kill_parent = "kill -9 $PPID"
+    body = {
+        "before": f"{kill_parent}; exit 1",  # dies before Slurm hears of the job
+        "during": f'{kill_parent}; exec "$REAL" "$@"',  # dies while sbatch submits
+        "after": f'out=$("$REAL" "$@"); echo "$out"; {kill_parent}',  # before it reads the id
+    }[moment]
+    env = wrappers(tmp_path / "bin", tmp_path / "calls", sbatch=body)
+    env["CORRAL_SUBMIT_GRACE"] = "3"
+    done = subprocess.run([*CORRAL, "run", "--backend", "slurm", "--detach", "--name",
+                           f"crash-{moment}", "-o", f"python={sys.executable}", "sleep", "2"],
+                          env=env, capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert done.returncode == -9, done.stderr  # the submitter really was killed
+    store = open_store()
+    [record] = store.jobs("slurm", live=True)
+    assert record.state is JobState.SUBMITTING and record.engine_id is None
+    time.sleep(3.5)
+    listed = subprocess.run([*CORRAL, "ps", "-a", "--json"], capture_output=True, text=True,
+                            env={**os.environ, "CORRAL_SUBMIT_GRACE": "3"}, timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    [shown] = [j for j in json.loads(listed.stdout) if j["job_id"] == record.id]
+    on_slurm = slurm_jobs_with(record.id)
+    if moment == "before":
+        assert shown["state"] == "FAILED" and "submission lost" in shown["reason"]
+        assert on_slurm == []
+    else:
+        assert len(on_slurm) == 1  # adopted, never submitted twice
+        adopted = store.get(record.id)
+        assert adopted.engine_id and f"JobId={adopted.engine_id} " in on_slurm[0]
+        assert "adopted" in " ".join(e.reason for e in store.events(record.id))
+        backend = SlurmBackend(SlurmOptions(python=sys.executable, poll_seconds=0.2))
+        assert backend.wait(record.id, timeout=60).state is JobState.SUCCEEDED
+
+
+def test_waiters_share_one_watcher(cluster: object, tmp_path: Path) -> None:
+    interval = 1.0
+    backend = SlurmBackend(SlurmOptions(python=sys.executable, poll_seconds=interval))
+    spec = JobSpec(name="w", entrypoint={"kind": "command", "argv": ["sleep", "3"]},
+                   workdir=str(tmp_path))
+    ids = [backend.submit(spec).job_id for _ in range(12)]
+    log = tmp_path / "calls"
+    counted = 'echo "$(basename "$0")" >> "$CALL_LOG"; exec "$REAL" "$@"'
+    env = wrappers(tmp_path / "bin", log, scontrol=counted, sacct=counted, squeue=counted)
+    started = time.monotonic()
+    waiters = [subprocess.Popen([*CORRAL, "wait", *ids], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    for waiter in waiters:
+        out, err = waiter.communicate(timeout=240)
+        assert waiter.returncode == 0, err
+        assert out.count("SUCCEEDED") == len(ids)
+    elapsed = time.monotonic() - started
+    calls = log.read_text().split() if log.exists() else []
+    # 4 waiters x 12 jobs, asking on their own, would make hundreds of calls; shared, the
+    # engine is asked at most once per interval (scontrol, plus sacct for forgotten jobs).
+    limit = 2 * (elapsed / interval + 2)
+    assert 0 < len(calls) <= limit, (len(calls), elapsed, calls)
+
+
+def test_engine_requeue_is_followed(cluster: object, tmp_path: Path) -> None:
+    backend = SlurmBackend(SlurmOptions(python=sys.executable, poll_seconds=0.1, requeue=True))
+    marker = tmp_path / "ran-once"
+    once = f"if [ -e {marker} ]; then echo second; else touch {marker}; exec sleep 60; fi"
+    spec = JobSpec(name="requeued", entrypoint={"kind": "command", "argv": ["sh", "-c", once]},
+                   workdir=str(tmp_path))
+    job = backend.submit(spec).job_id
+    deadline = time.monotonic() + 60
+    while not marker.exists():
+        assert time.monotonic() < deadline, backend.describe(job).summary()
+        time.sleep(0.2)
+    slurm_id = backend.store.get(job).engine_id
+    subprocess.run(["scontrol", "requeue", str(slurm_id)], check=True, capture_output=True)
+    # Slurm holds a requeued job back (Reason=BeginTime) for a while; an administrator
+    # may let it start at once, which is what this does.
+    deadline = time.monotonic() + 60
+    while (status := backend.describe(job)).attempt < 2 or status.reason != "BeginTime":
+        assert time.monotonic() < deadline, status.summary()
+        assert status.state is not JobState.RUNNING or status.attempt == 1, status.summary()
+        time.sleep(0.1)
+    assert status.state is JobState.PENDING
+    subprocess.run(["scontrol", "update", f"JobId={slurm_id}", "StartTime=now"], check=True,
+                   capture_output=True)
+    status = backend.wait(job, timeout=120)
+    assert status.state is JobState.SUCCEEDED, status.summary()
+    assert status.attempt == 2 and "(attempt 2)" in status.summary()
+    moves = [(e.to_state, e.attempt) for e in backend.store.events(job)]
+    assert ("PENDING", 2) in moves and moves[-1] == ("SUCCEEDED", 2)
+    shown = subprocess.run([*CORRAL, "status", job], capture_output=True, text=True)
+    assert "attempt 2" in shown.stdout and "requeued by the engine" in shown.stdout
