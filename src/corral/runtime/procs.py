@@ -74,6 +74,57 @@ def killpg_quietly(pgid: int, sig: int) -> None:
         pass
 
 
+def descendants(pid: int, proc: str = "/proc") -> list[int]:
+    """Living processes below ``pid``: its children, theirs and so on, parents first.
+
+    Found by parent pid in ``/proc/<pid>/stat``, so whatever their process group or
+    session (torchrun's workers, anything started with setsid). Zombies are left out: they
+    only wait to be reaped. Empty where there is no /proc.
+    """
+    try:
+        names = os.listdir(proc)
+    except OSError:
+        return []
+    children: dict[int, list[int]] = {}
+    dead: set[int] = set()
+    for name in names:
+        if not name.isdigit():
+            continue
+        stat = _state_and_parent(f"{proc}/{name}/stat")
+        if stat is None:
+            continue  # exited since the listing
+        state, parent = stat
+        children.setdefault(parent, []).append(int(name))
+        if state in ("Z", "X"):
+            dead.add(int(name))
+    found: list[int] = []
+    seen = {pid}
+    queue = list(children.get(pid, ()))
+    while queue:
+        child = queue.pop(0)
+        if child in seen:
+            continue
+        seen.add(child)
+        found.append(child)
+        queue.extend(children.get(child, ()))
+    return [p for p in found if p not in dead]
+
+
+def _state_and_parent(stat_path: str) -> tuple[str, int] | None:
+    """(state letter, parent pid) from a /proc/<pid>/stat file; None if it is gone."""
+    try:
+        with open(stat_path, "rb") as handle:
+            data = handle.read()
+    except OSError:
+        return None
+    # "pid (comm) state ppid ...": comm may hold spaces and parentheses; the last ")" ends it
+    fields = data[data.rfind(b")") + 1:].split()
+    try:
+        return fields[0].decode("ascii", "replace"), int(fields[1])
+    except (IndexError, ValueError):
+        return None
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.01) -> bool:
     """Poll ``predicate()`` until true or ``timeout`` seconds pass."""
     deadline = time.monotonic() + timeout
