@@ -38,6 +38,7 @@ from corral.status import Failure, JobStatus, RankStatus
 from corral.store import Observation, Owner, Store, open_store
 
 POLL_SECONDS = 0.05
+STOP_MARGIN_SECONDS = 5.0  # beyond the grace period, for an agent to finish stopping
 
 
 @dataclass
@@ -123,13 +124,8 @@ class Supervisor:
             assert process.stdout is not None
             os.set_blocking(process.stdout.fileno(), False)
             self.agents.append(_Agent(node_rank, process, process.stdout))
-        agents = []
-        for agent in self.agents:
-            try:
-                agents.append([agent.process.pid, Owner.of(agent.process.pid).start])
-            except Exception:  # already gone: nothing to stop later
-                continue
-        self.store.update_details(self.job_id, agents=agents)
+        self.store.update_details(
+            self.job_id, agents=_identities([a.process.pid for a in self.agents]))
         return True
 
     # -- watching -------------------------------------------------------------------------
@@ -234,12 +230,17 @@ class Supervisor:
         running = [a for a in self.agents if a.process.poll() is None]
         for agent in running:
             procs.kill_quietly(agent.process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + self.grace + 0.5
+        # Each agent gives its ranks the grace period, then SIGKILLs every descendant
+        # itself; it is given that long plus a margin before anything is forced here.
+        deadline = time.monotonic() + self.grace + STOP_MARGIN_SECONDS
         while time.monotonic() < deadline and any(a.process.poll() is None for a in running):
             self._read_events_nonblocking()
             time.sleep(0.01)
+        stuck = [a.process.pid for a in self.agents if a.process.poll() is None]
+        if stuck:
+            stop_agents(_identities(stuck), 0)  # agents and all descendants, other sessions too
         for agent in self.agents:
-            # The agent's session: whatever it could not stop, and anything it left.
+            # The agent's session: anything left in it.
             procs.killpg_quietly(agent.process.pid, signal.SIGKILL)
             agent.process.wait()
             if agent.returncode is None:
@@ -282,6 +283,17 @@ class Supervisor:
             ranks=tuple(status.ranks), failure=status.failure, notes=tuple(status.notes),
         ), Source.USER if status.state is JobState.CANCELLED else Source.SUPERVISOR)
         self.status = self.store.status(self.job_id)
+
+
+def _identities(pids: Sequence[int]) -> list[list[float]]:
+    """``[pid, start time]`` of each process still alive (those are never mistaken later)."""
+    found = []
+    for pid in pids:
+        try:
+            found.append([pid, Owner.of(pid).start])
+        except Exception:  # gone already: nothing to stop later
+            continue
+    return found
 
 
 def stop_agents(agents: Sequence[Sequence[float]], grace: float) -> int:
