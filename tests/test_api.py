@@ -129,3 +129,24 @@ def test_unpicklable_function_is_refused_before_anything_starts(corral_home: Pat
     with pytest.raises(corral.CorralError, match="cannot be pickled"):
         uses_lock()
     assert not any((corral_home / "runs").glob("*/job.json"))
+
+
+def test_unreadable_results_name_the_rank_and_type(tmp_path: Path) -> None:
+    from corral.errors import ResultUnreadable
+
+    (tmp_path / "onlythere.py").write_text("class Thing:\n    pass\n")
+
+    def make(where: str, rank_with_thing: int) -> object:
+        import os
+        import sys
+
+        sys.path.insert(0, where)
+        import onlythere  # importable on the ranks, not in the caller
+
+        return onlythere.Thing() if int(os.environ["RANK"]) == rank_with_thing else "plain"
+
+    one = corral.distributed(nodes=2, launcher="none", stream=False)(make)
+    assert one(str(tmp_path), 1) == "plain"  # only rank 0 is read back
+    every = corral.distributed(nodes=2, launcher="none", stream=False, all_ranks=True)(make)
+    with pytest.raises(ResultUnreadable, match=r"rank 1 \(a onlythere\.Thing\)"):
+        every(str(tmp_path), 1)

@@ -210,6 +210,28 @@ def test_ssh_submission_end_to_end(cluster: object, tmp_path: Path) -> None:
     assert "SUCCEEDED" in status_cli.stdout
 
 
+def test_distributed_function_over_ssh(cluster: object, tmp_path: Path) -> None:
+    import corral
+
+    remote_root = tmp_path / "remote-runs"
+    target, config = cluster.ssh_target, cluster.ssh_config  # type: ignore[attr-defined]
+    options = SlurmOptions(ssh=target, ssh_config=str(config), run_root=str(remote_root),
+                           python=sys.executable, poll_seconds=0.1)
+
+    @corral.distributed(nodes=2, launcher="none", all_ranks=True,
+                        backend=SlurmBackend(options), stream=False, workdir=str(tmp_path))
+    def where(offset: int) -> tuple[int, str]:
+        import os
+        import socket
+
+        return int(os.environ["RANK"]) + offset, socket.gethostname()
+
+    results = where(10)
+    assert [r for r, _ in results] == [10, 11]
+    assert len({host for _, host in results}) == 2
+    assert (remote_root / where.last_status.job_id / "results" / "rank-1.pkl").exists()  # type: ignore[union-attr]
+
+
 def test_cli_detach_then_wait_logs_status_cancel(cluster: object) -> None:
     def corral(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "corral.cli", *args], capture_output=True,
