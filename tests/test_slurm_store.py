@@ -131,3 +131,44 @@ def test_engine_requeue_is_followed(cluster: object, tmp_path: Path) -> None:
     assert ("PENDING", 2) in moves and moves[-1] == ("SUCCEEDED", 2)
     shown = subprocess.run([*CORRAL, "status", job], capture_output=True, text=True)
     assert "attempt 2" in shown.stdout and "requeued by the engine" in shown.stdout
+
+
+@pytest.mark.parametrize("requeue", [False, True], ids=["no-requeue", "requeue"])
+def test_node_failure_mid_job(cluster: object, tmp_path: Path, requeue: bool) -> None:
+    backend = SlurmBackend(SlurmOptions(python=sys.executable, poll_seconds=0.5,
+                                        requeue=requeue))
+    first_time = 'if [ "${SLURM_RESTART_COUNT:-0}" = 0 ]; then exec sleep 300; fi; echo again'
+    spec = JobSpec(name="nodefail", entrypoint={"kind": "command",
+                   "argv": ["sh", "-c", first_time]}, nodes=2, workdir=str(tmp_path))
+    job = backend.submit(spec).job_id
+    slurm_id = backend.store.get(job).engine_id
+    deadline = time.monotonic() + 60
+    while backend.describe(job).state is not JobState.RUNNING:
+        assert time.monotonic() < deadline, backend.describe(job).summary()
+        time.sleep(0.2)
+    nodelist = subprocess.run(["squeue", "-h", "-j", str(slurm_id), "-o", "%N"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+    from corral.backends.slurm.client import expand_nodelist
+
+    victim = expand_nodelist(nodelist)[1]
+    cluster.crash_node(victim)  # type: ignore[attr-defined]
+    try:
+        if not requeue:
+            status = backend.wait(job, timeout=150)
+            assert status.state is JobState.FAILED, status.summary()
+            assert "NODE_FAIL" in status.reason and victim in status.reason, status.reason
+            assert status.failure is not None and status.failure.node == 1
+            return
+        deadline = time.monotonic() + 150
+        while (status := backend.describe(job)).attempt < 2 or status.state is not (
+                JobState.PENDING):
+            assert time.monotonic() < deadline, status.summary()
+            assert not status.state.is_terminal(), status.summary()  # never a final FAILED
+            time.sleep(0.5)
+        if status.reason == "BeginTime":  # Slurm holds requeued jobs back a while
+            subprocess.run(["scontrol", "update", f"JobId={slurm_id}", "StartTime=now"],
+                           check=True, capture_output=True)
+        status = backend.wait(job, timeout=120)
+        assert status.state is JobState.SUCCEEDED and status.attempt == 2, status.summary()
+    finally:
+        cluster.restore_node(victim)  # type: ignore[attr-defined]

@@ -281,6 +281,28 @@ class SlurmCluster:
             return False
         return True
 
+    def crash_node(self, name: str) -> None:
+        """A node dies: every process in its namespace (slurmd, job steps, tasks) is
+        SIGKILLed at once. slurmctld notices when the node misses SlurmdTimeout."""
+        pids = self._pids_in_namespaces([f"corral-{name}"])
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for pid in pids:
+            _reap(pid)
+        (self.pid_dir / f"slurmd-{name}.pid").unlink(missing_ok=True)
+
+    def restore_node(self, name: str, timeout: float = 60) -> None:
+        """Start the node's slurmd again and wait until every node is idle."""
+        conf = str(self.conf)
+        self._spawn(f"slurmd-{name}", f"corral-{name}", name,
+                    [SBIN + "slurmd", "-D", "-N", name, "-f", conf])
+        with contextlib.suppress(TimeoutError):
+            self.wait_idle(10)
+            return
+        self._slurm("scontrol", "update", f"NodeName={name}", "State=RESUME", check=False)
+        self.wait_idle(timeout)
+
     def wait_idle(self, timeout: float = 30) -> None:
         """Wait until sinfo shows every node idle."""
         want = dict.fromkeys(self.node_names, "idle")

@@ -295,8 +295,21 @@ class SlurmBackend(Backend):
             return ""
         return data.decode("utf-8", errors="replace")
 
+    def _down_nodes(self, nodelist: str) -> list[str]:
+        """Which of these nodes Slurm holds down or failed now (one scontrol call)."""
+        done = self.transport.run(["scontrol", "show", "node", "-o", nodelist], check=False)
+        return [n.get("NodeName", "?") for n in parse_scontrol(done.stdout)
+                if re.search(r"DOWN|FAIL|NOT_RESPONDING", n.get("State", ""))]
+
     def _attribute_failure(self, record: JobRecord, job: dict[str, str]) -> Failure:
         hosts = expand_nodelist(job.get("NodeList", ""))
+        if job.get("JobState") == "NODE_FAIL":
+            down = self._down_nodes(job.get("NodeList", "")) if hosts else []
+            node = hosts.index(down[0]) if down and down[0] in hosts else 0
+            named = f"node {node} (host {down[0]})" if down else "a node of the job"
+            return Failure(node=node, rank=None, returncode=None,
+                           reason=f"NODE_FAIL: Slurm lost {named}; its ranks died with it",
+                           time=time.time())
         batch = self._log_text(record, f"batch-{record.engine_id}.log")
         found = parse_srun_failure(batch)
         exit_text, _, signal_text = job.get("ExitCode", "1:0").partition(":")
