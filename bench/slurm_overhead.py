@@ -15,7 +15,8 @@ printing its rank and host name.
 - corral: ``corral run --backend slurm -o python=PY -o poll_seconds=0.2 --nodes 2
   --procs-per-node 1 sh -c 'echo $RANK $(hostname)'``, the whole CLI process: interpreter
   start and imports, render, snapshot of its (empty) working directory, sbatch, streaming the
-  ranks' logs, polling ``scontrol show job`` every 0.2 s (its default, pinned here), exit code.
+  ranks' logs, polling ``scontrol show job`` every 0.2 s (pinned here; the default is 1 s),
+  exit code.
 
 Run it as root, with the project's interpreter (the ``corral`` next to it is the one timed)::
 
@@ -282,21 +283,22 @@ def run_baseline(ctx: Context) -> Sample:
     return sample
 
 
+def _recorded(corral_home: Path) -> dict[str, str | None]:
+    """corral id -> Slurm job id of every job in the job store under corral_home."""
+    from corral.store import Store
+
+    db = corral_home / "corral.db"
+    return {r.id: r.engine_id for r in Store(db).jobs("slurm")} if db.exists() else {}
+
+
 def new_slurm_ids(corral_home: Path, before: set[str]) -> list[int]:
-    """Slurm job ids of the run dirs corral created since `before` (its job.json)."""
-    runs = corral_home / "runs"
-    ids = []
-    for name in sorted(set(os.listdir(runs)) - before if runs.is_dir() else []):
-        try:
-            ids.append(int(json.loads((runs / name / "job.json").read_text())["slurm_job_id"]))
-        except (OSError, ValueError, KeyError):
-            continue
-    return ids
+    """Slurm job ids of the jobs corral recorded since `before` (corral ids)."""
+    return [int(engine_id) for job_id, engine_id in sorted(_recorded(corral_home).items())
+            if job_id not in before and engine_id and engine_id.isdigit()]
 
 
 def run_dirs(corral_home: Path) -> set[str]:
-    runs = corral_home / "runs"
-    return set(os.listdir(runs)) if runs.is_dir() else set()
+    return set(_recorded(corral_home))
 
 
 def run_corral(ctx: Context) -> Sample:

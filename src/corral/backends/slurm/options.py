@@ -44,7 +44,9 @@ class SlurmOptions(BaseModel):
     snapshot: bool = True  # copy the working directory into the run dir at submit
     ssh: str | None = None  # submit through this login host ([user@]host)
     ssh_config: str | None = None
-    poll_seconds: float = Field(default=0.2, gt=0)
+    # The least time between two questions to slurmctld, shared by every corral process
+    # on this machine: one `scontrol show job` (plus `sacct` for jobs it forgot) per interval.
+    poll_seconds: float = Field(default=1.0, gt=0)
 
     def __init__(self, **data: Any) -> None:
         try:
