@@ -153,7 +153,12 @@ class SlurmBackend(Backend):
         t = self.transport
         t.make_dirs(f"{plan.run_dir}/logs")  # Slurm opens the batch log there
         if self.options.snapshot:
-            t.copy_files(plan.workdir, snapshot_files(plan.workdir), plan.code_dir)
+            snap = snapshot_files(
+                plan.workdir, leave_out=[str(self.root), os.path.dirname(plan.run_dir)],
+                exclude=self.options.snapshot_exclude, max_mb=self.options.snapshot_max_mb)
+            for name, why in snap.skipped:
+                sys.stderr.write(f"corral: warning: not copied with the job: {name} ({why})\n")
+            t.copy_files(plan.workdir, snap.files, plan.code_dir)
         if isinstance(spec.entrypoint, Function):
             from corral.runtime.call import dump_payload
 

@@ -42,6 +42,8 @@ class SlurmOptions(BaseModel):
     python: str | None = None  # interpreter on the cluster; default: this one (shared FS)
     run_root: str | None = None  # shared-filesystem folder for run dirs (default CORRAL_HOME)
     snapshot: bool = True  # copy the working directory into the run dir at submit
+    snapshot_exclude: tuple[str, ...] = ()  # glob patterns (relative paths) left out
+    snapshot_max_mb: float = Field(default=1024, gt=0)  # refuse a larger snapshot
     ssh: str | None = None  # submit through this login host ([user@]host)
     ssh_config: str | None = None
     # The least time between two questions to slurmctld, shared by every corral process
