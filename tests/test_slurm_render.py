@@ -221,9 +221,9 @@ def test_snapshot_is_git_aware(tmp_path: object) -> None:
     (repo / "outputs").mkdir()
     (repo / "outputs" / "big.ckpt").write_text("weights")
     (repo / ".gitignore").write_text("outputs/\n")
-    plain = snapshot_files(str(repo))  # not a git work tree yet: everything but caches
+    plain = snapshot_files(str(repo)).files  # not a git work tree yet: everything but caches
     assert "outputs/big.ckpt" in plain and "train.py" in plain
     subprocess.run(["git", "init", "-q", str(repo)], check=True)
     subprocess.run(["git", "-C", str(repo), "add", "train.py", "pkg", ".gitignore"], check=True)
-    assert snapshot_files(str(repo)) == sorted(
+    assert snapshot_files(str(repo)).files == sorted(
         [".gitignore", "new_untracked.py", "pkg/model.py", "train.py"])

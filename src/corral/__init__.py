@@ -20,7 +20,7 @@ _EXPORTS = {
     "Module": "corral.spec",
     "Command": "corral.spec",
     "Function": "corral.spec",
-    "JobState": "corral.spec",
+    "JobState": "corral.jobstate",
     "JobStatus": "corral.status",
     "run": "corral.api",
     "submit": "corral.api",
@@ -63,7 +63,8 @@ if TYPE_CHECKING:
     from corral.environment import JobEnvironment, env
     from corral.errors import CorralError, JobFailed, RankError, SpecError
     from corral.jobfile import load_job_file
-    from corral.spec import Command, Function, JobSpec, JobState, Module, Resources, Script
+    from corral.jobstate import JobState
+    from corral.spec import Command, Function, JobSpec, Module, Resources, Script
     from corral.status import JobStatus
 
 

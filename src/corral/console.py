@@ -1,11 +1,15 @@
-"""Print log lines with a per-rank prefix, colored when the output is a terminal."""
+"""Print log lines with a per-rank prefix, colored when the output is a terminal.
+
+Standard library only, so that the commands that print start fast.
+"""
 
 from __future__ import annotations
 
 import sys
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from corral.logs import LogSource
+if TYPE_CHECKING:
+    from corral.logs import LogSource
 
 _COLORS = (36, 33, 32, 35, 34, 31, 96, 93, 92, 95, 94, 91)
 
@@ -29,3 +33,4 @@ class LinePrinter:
             label = f"\033[{code}m{label}\033[0m"
         stream.write(f"{label} {line}\n")
         stream.flush()
+

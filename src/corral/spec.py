@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import enum
 import re
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal
@@ -17,6 +16,7 @@ from pydantic import (
 )
 
 from corral.errors import SpecError
+from corral.jobstate import JobState as JobState  # re-exported, as before
 
 LauncherName = Literal["torchrun", "mpirun", "deepspeed", "none"]
 LAUNCHERS: tuple[str, ...] = ("torchrun", "mpirun", "deepspeed", "none")
@@ -26,30 +26,6 @@ _DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)\s*d)?\s*(?:(\d+(?:\.\d+)?)\s*h)?
                        r"(?:(\d+(?:\.\d+)?)\s*m(?:in)?)?\s*(?:(\d+(?:\.\d+)?)\s*s)?\s*$")
 _MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
 _MEMORY_UNITS_MB = {"B": 1 / 2**20, "K": 1 / 1024, "M": 1.0, "G": 1024.0, "T": 1024.0**2}
-
-
-class JobState(str, enum.Enum):
-    """Where a job is in its life. Terminal states change only through an engine requeue.
-
-    SUBMITTING: recorded, the engine not yet (known to be) called. UNKNOWN: the engine cannot
-    say right now (the reason says why); the job is checked again. The allowed moves between
-    states are in :mod:`corral.states`.
-    """
-
-    SUBMITTING = "SUBMITTING"
-    PENDING = "PENDING"
-    RUNNING = "RUNNING"
-    SUCCEEDED = "SUCCEEDED"
-    FAILED = "FAILED"
-    CANCELLED = "CANCELLED"
-    TIMEOUT = "TIMEOUT"
-    UNKNOWN = "UNKNOWN"
-
-    def is_terminal(self) -> bool:
-        return self in _TERMINAL
-
-
-_TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.TIMEOUT})
 
 
 def parse_duration(value: object) -> float:
@@ -100,7 +76,9 @@ def parse_memory_mb(value: object) -> int:
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # defer_build: a model's validator is built when it first validates, not at import, so
+    # that importing this module (every backend does) costs no schema building.
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
 
 class Script(_Frozen):

@@ -24,7 +24,7 @@ import enum
 from dataclasses import dataclass
 
 from corral.errors import CorralError
-from corral.spec import JobState
+from corral.jobstate import JobState
 
 
 class Source(str, enum.Enum):

@@ -5,11 +5,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from corral.spec import JobState
+from corral.jobstate import JobState
 
 
 @dataclass
 class RankStatus:
+    """One rank: where it runs, its process, its state and exit code."""
+
     rank: int
     node: int
     pid: int | None = None
@@ -39,6 +41,8 @@ class Failure:
 
 @dataclass
 class JobStatus:
+    """What is known of a job now: its state and why, its ranks, the first failure."""
+
     job_id: str
     name: str
     backend: str

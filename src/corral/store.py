@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from corral.errors import BackendError, JobNotFound
-from corral.spec import JobState
+from corral.jobstate import JobState
 from corral.states import Source, transition
 from corral.status import Failure, JobStatus, RankStatus
 

@@ -19,7 +19,7 @@ import time
 from typing import TYPE_CHECKING
 
 from corral.errors import CorralError
-from corral.spec import JobState
+from corral.jobstate import JobState
 from corral.states import Source
 from corral.store import JobRecord, Observation
 

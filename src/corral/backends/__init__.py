@@ -4,6 +4,10 @@ Built-in backends are listed here; others plug in through the entry-point group
 ``corral.backends`` (``toy = "corral_toy:ToyBackend"`` in a package's metadata). A backend
 class may name its typed options class as ``options_type``: ``-o KEY=VALUE``, config
 tables and job records are validated through it.
+
+Importing this package is cheap: :mod:`corral.backends.base` (and with it the job spec and
+pydantic) is imported when a backend is first asked for, not before, so that ``corral ps``
+over finished jobs starts fast.
 """
 
 from __future__ import annotations
@@ -11,9 +15,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from corral.backends.base import Backend, Capabilities, JobRef
-
 if TYPE_CHECKING:
+    from corral.backends.base import Backend, Capabilities, JobRef
     from corral.store import JobRecord
 
 ENTRY_POINT_GROUP = "corral.backends"
@@ -35,6 +38,7 @@ def available() -> dict[str, str]:
 
 def backend_class(name: str) -> type[Backend]:
     """The class of a backend by name; unknown names list the known ones."""
+    from corral.backends.base import Backend
     from corral.errors import MissingDependency, SpecError
 
     target = BUILTIN.get(name) or available().get(name)
@@ -82,6 +86,13 @@ def configured_backend(name: str, values: dict[str, Any]) -> Backend:
 def backend_for_job(record: JobRecord) -> Backend:
     """The backend a recorded job was submitted to, with the options it was submitted with."""
     return configured_backend(record.backend, record.options or {})
+
+
+def __getattr__(name: str) -> Any:
+    """``Backend``, ``Capabilities`` and ``JobRef``, imported on first use."""
+    if name in ("Backend", "Capabilities", "JobRef"):
+        return getattr(importlib.import_module("corral.backends.base"), name)
+    raise AttributeError(f"module 'corral.backends' has no attribute {name!r}")
 
 
 __all__ = ["BUILTIN", "Backend", "Capabilities", "JobRef", "available", "backend_class",

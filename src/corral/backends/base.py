@@ -25,14 +25,17 @@ import json
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from corral.errors import CorralError, SubmitError
+from corral.jobstate import JobState
 from corral.logs import LogFollower, LogSource
-from corral.spec import Function, JobSpec, JobState
 from corral.states import Source
 from corral.status import JobStatus
 from corral.store import DuplicateJob, JobRecord, Observation, Owner, Store, open_store
+
+if TYPE_CHECKING:  # the spec (pydantic) is imported by whoever builds one
+    from corral.spec import JobSpec
 
 LineSink = Callable[[LogSource, str], None]
 
@@ -65,6 +68,8 @@ class JobRef:
 
 def spec_summary(spec: JobSpec) -> dict[str, Any]:
     """The spec as plain data for the record (a function is named, not pickled)."""
+    from corral.spec import Function
+
     data = spec.model_dump(mode="json", exclude={"entrypoint"})
     entry = spec.entrypoint
     data["entrypoint"] = ({"kind": "function", "label": entry.label}

@@ -1,29 +1,68 @@
-"""The ``corral`` command. One module per subcommand; errors never show a traceback."""
+"""The ``corral`` command. One module per subcommand; errors never show a traceback.
+
+A subcommand's module is imported only when that subcommand runs: ``corral ps`` does not
+pay for ``corral run``'s imports. ``corral --help`` lists the commands from the table
+below without importing any of them (tests/test_startup.py checks the table against the
+commands themselves).
+"""
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 
 import click
 
-from corral.cli.jobs import cancel_command, logs_command, ps_command, status_command, wait_command
-from corral.cli.run import run_command
 from corral.errors import CorralError, JobFailed
 
+# name -> (module, attribute, the first paragraph of the command's docstring)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "run": ("corral.cli.run", "run_command", "Run SCRIPT_OR_CMD [-- ARGS...] as a job."),
+    "ps": ("corral.cli.jobs", "ps_command",
+           "List jobs (unfinished ones; -a for all), newest first."),
+    "status": ("corral.cli.jobs", "status_command",
+               "Show a job's state, its ranks, its first failure and its history."),
+    "logs": ("corral.cli.jobs", "logs_command",
+             "Print a job's output, every line prefixed with its node and rank."),
+    "cancel": ("corral.cli.jobs", "cancel_command",
+               "Stop every rank of each job (a finished job is left as it is)."),
+    "wait": ("corral.cli.jobs", "wait_command",
+             "Wait for jobs to end; exit 0 only if all succeeded."),
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="corral")
+
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported by name, on demand."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*COMMANDS, *self.commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.commands or cmd_name not in COMMANDS:
+            return super().get_command(ctx, cmd_name)
+        module, attribute, _ = COMMANDS[cmd_name]
+        command: click.Command = getattr(importlib.import_module(module), attribute)
+        self.add_command(command, cmd_name)
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max(len(name) for name in names)
+        rows = []
+        for name in names:
+            # A command not imported yet stands in as a stub with the same help text.
+            command = self.commands.get(name) or click.Command(name, help=COMMANDS[name][2])
+            if not command.hidden:
+                rows.append((name, command.get_short_help_str(limit)))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="corral")  # reads the installed metadata only when asked
 def cli() -> None:
     """Run training code as a batch job or a multi-node gang, here or on a cluster."""
-
-
-cli.add_command(run_command)
-cli.add_command(ps_command)
-cli.add_command(status_command)
-cli.add_command(logs_command)
-cli.add_command(cancel_command)
-cli.add_command(wait_command)
 
 
 CORRAL_FAILED = 125  # corral's own failure (bad input, submission, engine), as `docker run`

@@ -3,6 +3,9 @@
 They read the job store; the watcher (:mod:`corral.watcher`) brings it up to date first,
 asking each engine at most once per its poll interval. A job whose record or backend
 cannot be read is shown as UNKNOWN with the reason; the others are listed as usual.
+
+A backend (and with it the job spec and pydantic) is imported only for a job that needs
+it: ``corral ps`` over finished jobs reads the store and nothing more.
 """
 
 from __future__ import annotations
@@ -11,17 +14,18 @@ import json
 import re
 import time
 from collections.abc import Callable, Iterable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import click
 
-from corral.backends import backend_for_job
-from corral.backends.base import Backend
 from corral.console import LinePrinter
 from corral.errors import CorralError, JobNotFound
-from corral.spec import JobState
+from corral.jobstate import JobState
 from corral.status import JobStatus
 from corral.store import JobRecord, open_store
+
+if TYPE_CHECKING:
+    from corral.backends.base import Backend
 
 T = TypeVar("T")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -35,21 +39,35 @@ def printable(text: str, limit: int = 300) -> str:
 
 def backend_of(job_id: str) -> Backend:
     """The backend a job was submitted to, from corral's record of it."""
+    from corral.backends import backend_for_job
+
     return backend_for_job(open_store().get(job_id))
+
+
+def finished_status(job_id: str) -> JobStatus | None:
+    """A finished job's status, from the store alone (the watcher never asks an engine
+    about a finished job); None for an unfinished one, which its backend must look at."""
+    store = open_store()
+    record = store.get(job_id)
+    return record.to_status(store.ranks(job_id)) if record.state.is_terminal() else None
 
 
 def refresh_all(records: Iterable[JobRecord]) -> dict[str, str]:
     """Ask each engine with unfinished jobs once; ``{poll_key: why}`` for those that failed."""
-    problems: dict[str, str] = {}
-    seen: set[str] = set()
+    live: dict[str, JobRecord] = {}
     for record in records:
-        if record.state.is_terminal() or record.poll_key in seen:
-            continue
-        seen.add(record.poll_key)
+        if not record.state.is_terminal():
+            live.setdefault(record.poll_key, record)
+    if not live:
+        return {}
+    from corral.backends import backend_for_job  # only now: a backend imports the spec
+
+    problems: dict[str, str] = {}
+    for key, record in live.items():
         try:
             backend_for_job(record).refresh()
         except CorralError as exc:
-            problems[record.poll_key] = f"{record.backend} cannot be asked: {exc}"
+            problems[key] = f"{record.backend} cannot be asked: {exc}"
     return problems
 
 
@@ -61,6 +79,9 @@ def _age(created: float | None) -> str:
         if seconds >= size:
             return f"{seconds // size}{unit}"
     return f"{seconds}s"
+
+
+PS_COLUMNS = ("JOB ID", "NAME", "BACKEND", "STATE", "NODES", "AGE", "REASON")
 
 
 @click.command("ps")
@@ -75,14 +96,14 @@ def ps_command(backend: str | None, show_all: bool, as_json: bool) -> int:
     if as_json:
         click.echo(json.dumps([_record_json(r, problems) for r in records], indent=1))
         return 0
-    from rich.console import Console
+    from rich.console import Console  # here, not at start-up: only a table needs it
     from rich.table import Table
     from rich.text import Text
 
     table = Table(box=None, header_style="bold")
-    for column in ("JOB ID", "NAME", "BACKEND", "STATE", "NODES", "AGE"):
+    for column in PS_COLUMNS[:-1]:
         table.add_column(column, no_wrap=True)
-    table.add_column("REASON", overflow="fold")
+    table.add_column(PS_COLUMNS[-1], overflow="fold")
     for r in records:
         state, reason = r.state.value, r.reason
         if r.poll_key in problems and not r.state.is_terminal():
@@ -127,7 +148,7 @@ def for_each_job(job_ids: tuple[str, ...], act: Callable[[str], T]) -> tuple[lis
 def status_command(job_ids: tuple[str, ...], as_json: bool) -> int:
     """Show a job's state, its ranks, its first failure and its history."""
     def show(job_id: str) -> JobStatus:
-        status = backend_of(job_id).describe(job_id)
+        status = finished_status(job_id) or backend_of(job_id).describe(job_id)
         if as_json:
             data = status.to_json()
             data["events"] = [e.__dict__ for e in open_store().events(job_id)]
@@ -188,7 +209,7 @@ def wait_command(job_ids: tuple[str, ...], timeout: float | None) -> int:
 
     def wait(job_id: str) -> JobStatus:
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
-        status = backend_of(job_id).wait(job_id, timeout=left)
+        status = finished_status(job_id) or backend_of(job_id).wait(job_id, timeout=left)
         shown = status.state.value if status.state.is_terminal() else (
             f"still {status.state.value}")
         click.echo(f"{job_id}: {shown}", err=not status.state.is_terminal())

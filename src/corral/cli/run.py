@@ -18,7 +18,8 @@ from corral.config import backend_defaults
 from corral.console import LinePrinter
 from corral.errors import SpecError
 from corral.jobfile import entrypoint_fields, read_job_file
-from corral.spec import LAUNCHERS, JobSpec, JobState
+from corral.jobstate import JobState
+from corral.spec import LAUNCHERS, JobSpec
 
 
 def parse_env(pairs: tuple[str, ...]) -> dict[str, str]:

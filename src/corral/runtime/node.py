@@ -62,9 +62,29 @@ class _RankDone(BaseException):
         self.interrupted = interrupted  # an unhandled KeyboardInterrupt: die by SIGINT
 
     def exit(self) -> NoReturn:
+        """End the rank as python ends after a script, up to the interpreter's own teardown.
+
+        The message of ``sys.exit("msg")``, then non-daemon threads joined, atexit
+        handlers, the streams flushed (exit 120 if that fails), as python does; then
+        ``os._exit``, as multiprocessing's forked children do: the modules the agent
+        preloaded (torch) were set up in the agent, and their C++ static destructors can
+        abort a forked child at exit ("terminate called without an active exception").
+        """
         if self.interrupted:
             _exit_by_sigint()
-        raise SystemExit(self.exit_value)
+        value, code = self.exit_value, 0
+        if isinstance(value, int) and not isinstance(value, bool):
+            code = value
+        elif value is not None:
+            try:
+                sys.stderr.write(f"{value}\n")
+            except (OSError, ValueError, AttributeError):
+                pass
+            code = 1
+        _shutdown_like_python()
+        if not _flush_stdio():
+            code = 120
+        os._exit(code & 0xFF)
 
 
 class NodeAgent:
@@ -421,24 +441,34 @@ def _print_unhandled(exc: BaseException) -> None:
         sys.__excepthook__(type(exc), exc, tb)
 
 
-def _flush_stdio() -> None:
-    for stream in (sys.stderr, sys.stdout):
+def _flush_stdio() -> bool:
+    """Flush stdout and stderr; False if a flush failed (python then exits 120)."""
+    ok = True
+    for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except (OSError, ValueError, AttributeError):
+        except (OSError, ValueError):
+            ok = False
+        except AttributeError:  # replaced by something without flush()
             pass
+    return ok
+
+
+def _shutdown_like_python() -> None:
+    """What the interpreter does first at exit: join non-daemon threads, run atexit."""
+    import atexit
+    import threading
+
+    shutdown = getattr(threading, "_shutdown", None)  # what python calls at exit
+    if shutdown is not None:
+        shutdown()
+    atexit._run_exitfuncs()
 
 
 def _exit_by_sigint() -> NoReturn:
     """After an unhandled KeyboardInterrupt python shuts down, then dies by SIGINT."""
-    import atexit
-    import threading
-
     try:
-        shutdown = getattr(threading, "_shutdown", None)  # what python calls at exit
-        if shutdown is not None:
-            shutdown()
-        atexit._run_exitfuncs()
+        _shutdown_like_python()
     finally:
         _flush_stdio()
         signal.signal(signal.SIGINT, signal.SIG_DFL)

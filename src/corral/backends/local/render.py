@@ -11,31 +11,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from corral.backends.local.options import LocalOptions
 from corral.errors import SubmitError
 from corral.launchers import NodeContext, ProcessLaunch, get_launcher
 from corral.spec import Function, JobSpec, Module, Script
 
 LOCAL_HOST = "127.0.0.1"
 StartMode = Literal["fork", "exec"]
-
-
-@dataclass(frozen=True)
-class LocalOptions:
-    """How the local backend starts ranks."""
-
-    fork: bool = True  # preload once per node and fork ranks where that is safe
-    grace_seconds: float = 1.0  # SIGTERM -> SIGKILL delay when stopping ranks
-
-    def __post_init__(self) -> None:
-        from corral.errors import SpecError
-
-        if not isinstance(self.fork, bool):
-            raise SpecError([("local.fork", self.fork, "accepted: true or false")])
-        if isinstance(self.grace_seconds, bool) or not isinstance(
-            self.grace_seconds, int | float
-        ) or self.grace_seconds < 0:
-            raise SpecError([("local.grace_seconds", self.grace_seconds,
-                              "accepted: a number of seconds >= 0")])
 
 
 @dataclass(frozen=True)

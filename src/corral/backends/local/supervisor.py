@@ -22,11 +22,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from corral.backends.local.agents import identities, stop_agents
 from corral.launchers.failures import first_failure
 from corral.logs import LogFollower, LogSource
 from corral.rundir import RunDir, tail_lines
@@ -125,7 +126,7 @@ class Supervisor:
             os.set_blocking(process.stdout.fileno(), False)
             self.agents.append(_Agent(node_rank, process, process.stdout))
         self.store.update_details(
-            self.job_id, agents=_identities([a.process.pid for a in self.agents]))
+            self.job_id, agents=identities([a.process.pid for a in self.agents]))
         return True
 
     # -- watching -------------------------------------------------------------------------
@@ -238,7 +239,7 @@ class Supervisor:
             time.sleep(0.01)
         stuck = [a.process.pid for a in self.agents if a.process.poll() is None]
         if stuck:
-            stop_agents(_identities(stuck), 0)  # agents and all descendants, other sessions too
+            stop_agents(identities(stuck), 0)  # agents and all descendants, other sessions too
         for agent in self.agents:
             # The agent's session: anything left in it.
             procs.killpg_quietly(agent.process.pid, signal.SIGKILL)
@@ -283,53 +284,6 @@ class Supervisor:
             ranks=tuple(status.ranks), failure=status.failure, notes=tuple(status.notes),
         ), Source.USER if status.state is JobState.CANCELLED else Source.SUPERVISOR)
         self.status = self.store.status(self.job_id)
-
-
-def _identities(pids: Sequence[int]) -> list[list[float]]:
-    """``[pid, start time]`` of each process still alive (those are never mistaken later)."""
-    found = []
-    for pid in pids:
-        try:
-            found.append([pid, Owner.of(pid).start])
-        except Exception:  # gone already: nothing to stop later
-            continue
-    return found
-
-
-def stop_agents(agents: Sequence[Sequence[float]], grace: float) -> int:
-    """Stop node agents that a supervisor left behind, and everything under them.
-
-    Each agent is ``(pid, start time)``: a process is signalled only if it is that very
-    process (a recycled PID belongs to a stranger). Descendants are found before the
-    agents die (torchrun's workers run in sessions of their own). Returns how many
-    agents were still alive.
-    """
-    import psutil
-
-    victims: list[psutil.Process] = []
-    alive = 0
-    for pid, start in agents:
-        if not Owner(int(pid), float(start)).alive():
-            continue
-        alive += 1
-        try:
-            agent = psutil.Process(int(pid))
-            victims.extend([agent, *agent.children(recursive=True)])
-        except psutil.Error:
-            continue
-    for process in victims:
-        try:
-            process.terminate()
-        except psutil.Error:
-            pass
-    _, left = psutil.wait_procs(victims, timeout=grace)
-    for process in left:
-        try:
-            process.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(left, timeout=2)
-    return alive
 
 
 def main(argv: list[str] | None = None) -> int:
