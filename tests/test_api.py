@@ -150,3 +150,13 @@ def test_unreadable_results_name_the_rank_and_type(tmp_path: Path) -> None:
     every = corral.distributed(nodes=2, launcher="none", stream=False, all_ranks=True)(make)
     with pytest.raises(ResultUnreadable, match=r"rank 1 \(a onlythere\.Thing\)"):
         every(str(tmp_path), 1)
+
+
+def test_attach_gives_a_working_handle_whose_repr_works(programs: Path) -> None:
+    spec = JobSpec(name="later", entrypoint={"kind": "command", "argv": ["sh", "-c", "echo hi"]})
+    job_id = submit(spec).job_id
+    handle = corral.attach(job_id)
+    assert handle.wait(timeout=60).state is JobState.SUCCEEDED
+    assert handle.logs(rank=0) == "hi\n"
+    again = eval(repr(handle), {"corral": corral})
+    assert again.job_id == job_id and again.state is JobState.SUCCEEDED

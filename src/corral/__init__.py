@@ -24,6 +24,7 @@ _EXPORTS = {
     "JobStatus": "corral.status",
     "run": "corral.api",
     "submit": "corral.api",
+    "attach": "corral.api",
     "distributed": "corral.api",
     "JobHandle": "corral.api",
     "get_backend": "corral.backends",
@@ -49,6 +50,7 @@ __all__ = [
     "Resources",
     "Script",
     "SpecError",
+    "attach",
     "distributed",
     "env",
     "get_backend",
@@ -58,7 +60,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from corral.api import JobHandle, distributed, run, submit
+    from corral.api import JobHandle, attach, distributed, run, submit
     from corral.backends import get_backend
     from corral.environment import JobEnvironment, env
     from corral.errors import CorralError, JobFailed, RankError, SpecError

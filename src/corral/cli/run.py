@@ -50,7 +50,7 @@ def parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
         if key in values:
             previous = values[key]
             values[key] = [*previous, value] if isinstance(previous, list) else [previous, value]
-        elif key in ("extra_sbatch", "container_mounts"):
+        elif key in ("extra_sbatch", "container_mounts", "snapshot_exclude"):
             values[key] = [value]
         else:
             values[key] = value
