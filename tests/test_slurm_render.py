@@ -227,3 +227,12 @@ def test_snapshot_is_git_aware(tmp_path: object) -> None:
     subprocess.run(["git", "-C", str(repo), "add", "train.py", "pkg", ".gitignore"], check=True)
     assert snapshot_files(str(repo)).files == sorted(
         [".gitignore", "new_untracked.py", "pkg/model.py", "train.py"])
+
+
+def test_jobs_of_one_engine_share_one_watcher_whatever_their_options() -> None:
+    from corral.backends.slurm import SlurmBackend
+
+    gpu = SlurmBackend(SlurmOptions(partition="gpu", poll_seconds=0.2)).poll_key
+    slow = SlurmBackend(SlurmOptions(poll_seconds=5)).poll_key
+    remote = SlurmBackend(SlurmOptions(ssh="login.example.org")).poll_key
+    assert gpu == slow != remote

@@ -172,3 +172,35 @@ def test_node_failure_mid_job(cluster: object, tmp_path: Path, requeue: bool) ->
         assert status.state is JobState.SUCCEEDED and status.attempt == 2, status.summary()
     finally:
         cluster.restore_node(victim)  # type: ignore[attr-defined]
+
+
+def test_array_tasks_have_their_own_state_logs_and_failure(cluster: object) -> None:
+    arrays = SlurmBackend(SlurmOptions(python=sys.executable, array="0-3", poll_seconds=0.2))
+    task_says = ('echo "task $SLURM_ARRAY_TASK_ID rank $RANK"; '
+                 'if [ "$SLURM_ARRAY_TASK_ID" = 2 ] && [ "$RANK" = 1 ]; then exit 7; fi')
+    spec = JobSpec(name="arr", entrypoint={"kind": "command", "argv": ["sh", "-c", task_says]},
+                   nodes=2)
+    job = arrays.submit(spec).job_id
+    status = arrays.wait(job, timeout=120)
+    assert status.state is JobState.FAILED, status.summary()
+    assert [(t.task, t.state) for t in status.tasks] == [
+        (0, JobState.SUCCEEDED), (1, JobState.SUCCEEDED), (2, JobState.FAILED),
+        (3, JobState.SUCCEEDED)]
+    failed = status.tasks[2]
+    assert failed.returncode == 7 and "rank 1 on node 1 failed: exit code 7" in failed.reason
+    assert status.reason.startswith("task 2: rank 1 on node 1 failed: exit code 7")
+    assert status.failure is not None and status.failure.rank == 1
+    lines = [line for _, line in arrays.logs(job, task=3)]
+    assert sorted(lines) == ["task 3 rank 0", "task 3 rank 1"]
+
+    def corral(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*CORRAL, *args], capture_output=True, text=True, timeout=60)
+
+    logs = corral("logs", job, "--task", "2", "--rank", "1")
+    assert logs.returncode == 0 and logs.stdout == "task 2 rank 1\n", logs.stderr
+    assert corral("logs", job).returncode == 125  # an array job needs --task
+    bad = corral("logs", job, "--task", "9")
+    assert bad.returncode == 125 and "task: got 9" in bad.stderr
+    assert corral("logs", job, "--task", "1", "--rank", "5").returncode == 125
+    shown = corral("status", job)
+    assert "task 2: FAILED returncode 7" in shown.stdout and "task 3: SUCCEEDED" in shown.stdout

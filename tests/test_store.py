@@ -214,3 +214,21 @@ def test_owner_identity_needs_pid_and_start_time() -> None:
     me = Owner.me()
     assert me.alive()
     assert not Owner(me.pid, me.start - 100).alive()  # same PID, another process
+
+
+def test_an_older_database_is_migrated_in_place(corral_home: Path) -> None:
+    from corral.store import MIGRATIONS
+
+    path = corral_home / "corral.db"
+    corral_home.mkdir(parents=True)
+    db = sqlite3.connect(str(path))
+    db.executescript(MIGRATIONS[0])  # what corral with schema 1 made
+    db.execute("INSERT INTO jobs (id, name, user, backend, poll_key, state, created, updated,"
+               " schema) VALUES ('old', 'n', 'u', 'local', 'k', 'SUCCEEDED', 1, 1, 1)")
+    db.execute("PRAGMA user_version = 1")
+    db.commit()
+    db.close()
+    store = Store(path)
+    assert store.schema_version == SCHEMA_VERSION
+    assert store.get("old").state is JobState.SUCCEEDED
+    assert store.status("old").tasks == []  # the table schema 2 added is there

@@ -21,6 +21,17 @@ class RankStatus:
 
 
 @dataclass
+class TaskStatus:
+    """One task of an array job: its state, exit code and why it failed."""
+
+    task: int
+    state: JobState = JobState.PENDING
+    returncode: int | None = None
+    reason: str = ""
+    engine_id: str | None = None  # Slurm's own job id of the task
+
+
+@dataclass
 class Failure:
     """The first rank (or node process) that failed, and its last words."""
 
@@ -60,6 +71,7 @@ class JobStatus:
     attempt: int = 1
     user: str | None = None
     engine_id: str | None = None  # the engine's own id (Slurm job id, supervisor pid ...)
+    tasks: list[TaskStatus] = field(default_factory=list)  # an array job's tasks
 
     @property
     def returncode(self) -> int:
@@ -104,6 +116,8 @@ class JobStatus:
         data["state"] = self.state.value
         for rank in data["ranks"]:
             rank["state"] = rank["state"].value
+        for task in data["tasks"]:
+            task["state"] = task["state"].value
         return data
 
     @classmethod

@@ -6,6 +6,7 @@ state of every job, its ranks and the log of its state changes live here::
     jobs    one row per job: who, where (backend, the engine's own id), the spec, state,
             reason, attempt, times, the process that owns its progress, schema version
     ranks   one row per rank: node, host, state, exit code, signal, pid
+    tasks   one row per task of an array job: state, exit code, signal, reason
     events  every state change: time, from, to, attempt, reason, source
     polls   when each engine was last asked (the watcher's shared minimum interval)
 
@@ -33,9 +34,9 @@ from typing import Any, TypeVar
 from corral.errors import BackendError, JobNotFound
 from corral.jobstate import JobState
 from corral.states import Source, transition
-from corral.status import Failure, JobStatus, RankStatus
+from corral.status import Failure, JobStatus, RankStatus, TaskStatus
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 LOCK_WAIT_SECONDS = 120.0
 
 # Each entry moves the schema from version i to i + 1. Only ever append; only ever add.
@@ -95,6 +96,19 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE polls (
         key TEXT PRIMARY KEY,
         last REAL NOT NULL
+    );
+    """,
+    # 2: the tasks of array jobs
+    """
+    CREATE TABLE tasks (
+        job_id TEXT NOT NULL,
+        task INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        exit_code INTEGER,
+        signal INTEGER,
+        reason TEXT NOT NULL DEFAULT '',
+        engine_id TEXT,
+        PRIMARY KEY (job_id, task)
     );
     """,
 )
@@ -160,6 +174,7 @@ class Observation:
     started: float | None = None
     finished: float | None = None
     ranks: tuple[RankStatus, ...] | None = None
+    tasks: tuple[TaskStatus, ...] | None = None
     failure: Failure | None = None
     notes: tuple[str, ...] | None = None
 
@@ -455,7 +470,9 @@ class Store:
         return [_rank(r) for r in rows]
 
     def status(self, job_id: str) -> JobStatus:
-        return self.get(job_id).to_status(self.ranks(job_id))
+        status = self.get(job_id).to_status(self.ranks(job_id))
+        status.tasks = self.tasks(job_id)
+        return status
 
     def jobs(self, backend: str | None = None, live: bool = False,
              poll_key: str | None = None) -> list[JobRecord]:
@@ -546,6 +563,8 @@ class Store:
                     sets["notes"] = _json(list(observed.notes))
                 if observed.ranks is not None:
                     self._write_ranks(db, job_id, observed.ranks)
+                if observed.tasks is not None:
+                    self._write_tasks(db, job_id, observed.tasks)
             assignments = ", ".join(f"{k} = ?" for k in sets)
             db.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*sets.values(), job_id))
         return self.get(job_id), change is not None and change.changed
@@ -563,6 +582,33 @@ class Store:
                  code if code is not None and code >= 0 else None,
                  -code if code is not None and code < 0 else None, rank.pid),
             )
+
+    @staticmethod
+    def _write_tasks(db: sqlite3.Connection, job_id: str, tasks: Sequence[TaskStatus]) -> None:
+        for task in tasks:
+            code = task.returncode
+            db.execute(
+                "INSERT INTO tasks (job_id, task, state, exit_code, signal, reason, engine_id) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (job_id, task) DO UPDATE SET "
+                "state = excluded.state, exit_code = excluded.exit_code, "
+                "signal = excluded.signal, reason = excluded.reason, "
+                "engine_id = excluded.engine_id",
+                (job_id, task.task, task.state.value,
+                 code if code is not None and code >= 0 else None,
+                 -code if code is not None and code < 0 else None, task.reason, task.engine_id),
+            )
+
+    def tasks(self, job_id: str) -> list[TaskStatus]:
+        rows = self._read(lambda db: db.execute(
+            "SELECT * FROM tasks WHERE job_id = ? ORDER BY task", (job_id,)).fetchall())
+        found = []
+        for row in rows:
+            code = row["exit_code"] if row["exit_code"] is not None else (
+                -int(row["signal"]) if row["signal"] is not None else None)
+            found.append(TaskStatus(task=int(row["task"]), state=_state(row["state"], []),
+                                    returncode=code, reason=str(row["reason"] or ""),
+                                    engine_id=row["engine_id"]))
+        return found
 
     def update_ranks(self, job_id: str, ranks: Sequence[RankStatus]) -> None:
         """Record rank details that are not a change of the job's state."""

@@ -119,7 +119,18 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def logs(
         self, job_id: str, rank: int | None = None, follow: bool = False
-    ) -> Iterator[tuple[LogSource, str]]: ...
+    ) -> Iterator[tuple[LogSource, str]]:
+        """Lines of every rank (or one), labelled; until the job ends with ``follow``.
+        A backend with job arrays also takes ``task=N``."""
+
+    @staticmethod
+    def check_rank(record: JobRecord, rank: int | None) -> None:
+        """A rank that the job does not have is an error, not an empty log."""
+        world = record.nodes * record.procs_per_node
+        if rank is not None and not 0 <= rank < world:
+            from corral.errors import SpecError
+
+            raise SpecError([("rank", rank, f"job {record.id} has ranks 0 to {world - 1}")])
 
     def _read_run_file(self, record: JobRecord, relative: str) -> bytes | None:
         """A file of the job's run directory (None if it is not there)."""
@@ -143,10 +154,14 @@ class Backend(abc.ABC):
         """Backend-specific facts to keep with the job record."""
         return {}
 
+    def engine_address(self) -> dict[str, Any] | None:
+        """The options that say which engine answers (a login host, an API server...)."""
+        return None
+
     @property
     def poll_key(self) -> str:
         """Jobs with the same key are answered by the same engine (one poll for all)."""
-        data = json.dumps(self.options_data(), sort_keys=True, default=str)
+        data = json.dumps(self.engine_address(), sort_keys=True, default=str)
         return f"{self.name}:{hashlib.sha1(data.encode()).hexdigest()[:12]}"
 
     # -- composed ----------------------------------------------------------------------------
@@ -192,13 +207,18 @@ class Backend(abc.ABC):
         refresh(self, force=force)
 
     def describe(self, job_id: str) -> JobStatus:
-        self.store.get(job_id)  # JobNotFound before anything else
-        self.refresh()
+        record = self.store.get(job_id)  # JobNotFound before anything else
+        if record.poll_key == self.poll_key:
+            self.refresh()
+        elif not record.state.is_terminal():  # submitted to another engine than ours
+            from corral.backends import backend_for_job
+
+            backend_for_job(record).refresh()
         return self.store.status(job_id)
 
     def list(self) -> list[JobStatus]:
         self.refresh()
-        return [r.to_status(self.store.ranks(r.id)) for r in self.store.jobs(self.name)]
+        return [self.store.status(r.id) for r in self.store.jobs(self.name)]
 
     def wait(self, job_id: str, timeout: float | None = None,
              poll: float | None = None) -> JobStatus:
@@ -256,13 +276,17 @@ class Backend(abc.ABC):
         """
         ref = self.submit(spec, plan)
         try:
-            for source, line in self.logs(ref.job_id, follow=True):
+            for source, line in self._run_lines(ref.job_id):
                 if sink is not None:
                     sink(source, line)
             return self.wait(ref.job_id)
         except KeyboardInterrupt:
             self.cancel(ref.job_id)
             raise
+
+    def _run_lines(self, job_id: str) -> Iterator[tuple[LogSource, str]]:
+        """What a foreground run streams: every rank's lines until the job ends."""
+        return self.logs(job_id, follow=True)
 
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "capabilities": self.capabilities}

@@ -48,8 +48,7 @@ def finished_status(job_id: str) -> JobStatus | None:
     """A finished job's status, from the store alone (the watcher never asks an engine
     about a finished job); None for an unfinished one, which its backend must look at."""
     store = open_store()
-    record = store.get(job_id)
-    return record.to_status(store.ranks(job_id)) if record.state.is_terminal() else None
+    return store.status(job_id) if store.get(job_id).state.is_terminal() else None
 
 
 def refresh_all(records: Iterable[JobRecord]) -> dict[str, str]:
@@ -159,6 +158,10 @@ def status_command(job_ids: tuple[str, ...], as_json: bool) -> int:
             code = "" if rank.returncode is None else f" returncode {rank.returncode}"
             host = f" ({printable(rank.host, 60)})" if rank.host else ""
             click.echo(f"  rank {rank.rank} node {rank.node}{host}: {rank.state.value}{code}")
+        for task in status.tasks:
+            code = "" if task.returncode is None else f" returncode {task.returncode}"
+            why = f": {printable(task.reason, 200)}" if task.reason else ""
+            click.echo(f"  task {task.task}: {task.state.value}{code}{why}")
         click.echo("history:")
         for event in open_store().events(job_id):
             when = time.strftime("%H:%M:%S", time.localtime(event.time))
@@ -174,13 +177,15 @@ def status_command(job_ids: tuple[str, ...], as_json: bool) -> int:
 @click.command("logs")
 @click.argument("job_id")
 @click.option("--rank", type=int, help="Only this rank's output, without prefixes.")
+@click.option("--task", type=int, help="An array job's task (its own logs).")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing until the job ends.")
-def logs_command(job_id: str, rank: int | None, follow: bool) -> int:
+def logs_command(job_id: str, rank: int | None, task: int | None, follow: bool) -> int:
     """Print a job's output, every line prefixed with its node and rank."""
     engine = backend_of(job_id)
     record = engine.store.get(job_id)
     printer = LinePrinter(record.procs_per_node)
-    for source, line in engine.logs(job_id, rank=rank, follow=follow):
+    extra = {} if task is None else {"task": task}  # only backends with arrays take it
+    for source, line in engine.logs(job_id, rank=rank, follow=follow, **extra):
         if rank is None:
             printer(source, line)
         else:

@@ -261,6 +261,7 @@ class LocalBackend(Backend):
         self, job_id: str, rank: int | None = None, follow: bool = False
     ) -> Iterator[tuple[LogSource, str]]:
         record = self.store.get(job_id)
+        self.check_rank(record, rank)
         logs = Path(record.run_dir or self.root / job_id) / "logs"
         return self.follow(job_id, LogFollower(logs, rank), follow)
 

@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from corral.backends.base import Backend, Capabilities, JobRef, Plan
-from corral.errors import BackendError, SubmitError
+from corral.errors import BackendError, SpecError, SubmitError
 from corral.launchers.failures import parse_torchrun
 from corral.logs import LogFollower, LogSource
 from corral.rundir import new_job_id, runs_root
 from corral.runtime.procs import describe_returncode
 from corral.spec import Function, JobSpec, JobState, Script
-from corral.status import Failure, RankStatus
+from corral.status import Failure, RankStatus, TaskStatus
 from corral.store import JobRecord, Observation, Store
 
 from .options import SlurmOptions
@@ -80,6 +80,24 @@ def _slurm_time(text: str | None) -> float | None:
         return None
 
 
+def expand_tasks(text: str) -> list[int]:
+    """Slurm's ArrayTaskId: '3', '0-3', '[2-5%2]', '1,4-6' -> the task numbers."""
+    numbers: list[int] = []
+    for part in text.strip("[]").split("%")[0].split(","):
+        lo, _, hi = part.partition("-")
+        if lo.isdigit() and (not hi or hi.isdigit()):
+            numbers.extend(range(int(lo), int(hi or lo) + 1))
+    return numbers
+
+
+def _exit_code(text: str) -> int | None:
+    """Slurm's ExitCode 'CODE:SIGNAL' -> subprocess style (-SIGNAL when killed)."""
+    code, _, sig = text.partition(":")
+    if not code.isdigit():
+        return None
+    return -int(sig) if sig.isdigit() and int(sig) else int(code)
+
+
 def expand_nodelist(nodelist: str) -> list[str]:
     """node[1-3,5],gpu7 -> node1 node2 node3 node5 gpu7 (what scontrol show hostnames does)."""
     hosts: list[str] = []
@@ -123,6 +141,9 @@ class SlurmBackend(Backend):
     def options_data(self) -> dict[str, Any]:
         data: dict[str, Any] = self.options.model_dump(mode="json")
         return data
+
+    def engine_address(self) -> dict[str, Any]:
+        return {"ssh": self.options.ssh, "ssh_config": self.options.ssh_config}
 
     # -- render / submit ------------------------------------------------------------------
 
@@ -197,9 +218,10 @@ class SlurmBackend(Backend):
         for line in done.stdout.splitlines():
             parts = line.split("|")
             if len(parts) >= 4 and parts[0].split("_")[0] in wanted:
+                slurm_id, _, task = parts[0].partition("_")
                 records.append({"JobId": parts[0], "JobState": parts[1].split()[0],
                                 "ExitCode": parts[2], "NodeList": parts[3], "Reason": "None",
-                                "ArrayJobId": parts[0].split("_")[0]})
+                                "ArrayJobId": slurm_id, "ArrayTaskId": task})
         return records
 
     def describe_many(self, records: Sequence[JobRecord]) -> dict[str, Observation]:
@@ -245,24 +267,51 @@ class SlurmBackend(Backend):
             state = bad[0] if bad else JobState.SUCCEEDED
         reason = first.get("Reason", "None")
         reason = "" if reason in ("None", "(null)") else reason
-        notes = (f"slurm job {record.engine_id} on {first.get('NodeList', '?')}",)
+        notes: tuple[str, ...] = (f"slurm job {record.engine_id} on {first.get('NodeList', '?')}",)
         started = finished = None
         if state is not JobState.PENDING:
             started = _slurm_time(first.get("StartTime")) or record.started or time.time()
         failure = None
+        tasks, task_failures = (self._tasks(record, jobs, states)
+                                if (record.options or {}).get("array") else (None, []))
         if state.is_terminal():
             finished = _slurm_time(first.get("EndTime")) or time.time()
             if state is JobState.TIMEOUT:
                 reason = "time limit reached (Slurm TIMEOUT)"
             elif state is JobState.CANCELLED:
                 reason = "cancelled"
+            elif state is JobState.FAILED and task_failures:
+                task, failure = task_failures[0]
+                reason = f"task {task}: {failure.describe()}"
+                notes = (*notes, *(f"task {t.task}: {t.state.value} {t.reason}".rstrip()
+                                   for t in tasks or () if t.state is not JobState.SUCCEEDED))
             elif state is JobState.FAILED:
                 failure = self._attribute_failure(record, first)
                 reason = failure.describe()
         return Observation(state, reason, engine_attempt=attempt, started=started,
-                           finished=finished, failure=failure, notes=notes,
+                           finished=finished, failure=failure, notes=notes, tasks=tasks,
                            ranks=self._rank_states(record, state, failure,
                                                    expand_nodelist(first.get("NodeList", ""))))
+
+    def _tasks(self, record: JobRecord, jobs: list[dict[str, str]], states: list[JobState]
+               ) -> tuple[tuple[TaskStatus, ...], list[tuple[int, Failure]]]:
+        """Each task of an array job, and the failed ones' own failure attribution (in
+        task order)."""
+        found: dict[int, TaskStatus] = {}
+        failures: list[tuple[int, Failure]] = []
+        for job, state in zip(jobs, states, strict=True):
+            for number in expand_tasks(job.get("ArrayTaskId", "")):
+                failure = (self._attribute_failure(record, job, number)
+                           if state is JobState.FAILED else None)
+                code = failure.returncode if failure and failure.returncode is not None else (
+                    _exit_code(job.get("ExitCode", "")))  # the failing rank's own code first
+                found[number] = TaskStatus(
+                    task=number, state=state, returncode=code,
+                    reason=failure.describe() if failure else "",
+                    engine_id=job.get("JobId"))
+                if failure is not None:
+                    failures.append((number, failure))
+        return tuple(found[n] for n in sorted(found)), sorted(failures, key=lambda f: f[0])
 
     @staticmethod
     def _state(job: dict[str, str]) -> JobState:
@@ -306,8 +355,14 @@ class SlurmBackend(Backend):
         return [n.get("NodeName", "?") for n in parse_scontrol(done.stdout)
                 if re.search(r"DOWN|FAIL|NOT_RESPONDING", n.get("State", ""))]
 
-    def _attribute_failure(self, record: JobRecord, job: dict[str, str]) -> Failure:
+    def _attribute_failure(self, record: JobRecord, job: dict[str, str],
+                           task: int | None = None) -> Failure:
+        """The first failing rank of the job (of one task of an array job), from srun's
+        report in the batch log and the launchers' logs."""
         hosts = expand_nodelist(job.get("NodeList", ""))
+        logs = f"array-{task}/" if task is not None else ""  # the task's own log folder
+        batch_log = (f"batch-{record.engine_id}_{task}.log" if task is not None
+                     else f"batch-{record.engine_id}.log")
         if job.get("JobState") == "NODE_FAIL":
             down = self._down_nodes(job.get("NodeList", "")) if hosts else []
             node = hosts.index(down[0]) if down and down[0] in hosts else 0
@@ -315,24 +370,23 @@ class SlurmBackend(Backend):
             return Failure(node=node, rank=None, returncode=None,
                            reason=f"NODE_FAIL: Slurm lost {named}; its ranks died with it",
                            time=time.time())
-        batch = self._log_text(record, f"batch-{record.engine_id}.log")
+        batch = self._log_text(record, batch_log)
         found = parse_srun_failure(batch)
-        exit_text, _, signal_text = job.get("ExitCode", "1:0").partition(":")
-        code = int(exit_text or 0) or -int(signal_text or 0) or 1
+        code = _exit_code(job.get("ExitCode", "1:0")) or 1
         if found is None:
             reason = job.get("Reason", "None")
             why = describe_returncode(code) if reason in ("None", "NonZeroExitCode") else (
                 f"Slurm reports {reason} ({describe_returncode(code)}); see "
-                f"{record.run_dir}/logs/batch-{record.engine_id}.log and slurmd's log")
+                f"{record.run_dir}/logs/{batch_log} and slurmd's log")
             return Failure(node=0, rank=None, returncode=code, reason=why,
                            last_lines=batch.splitlines()[-20:])
-        host, task, code = found
+        host, srun_task, code = found
         node = hosts.index(host) if host in hosts else 0
-        rank: int | None = task
+        rank: int | None = srun_task
         if record.launcher in ("torchrun", "deepspeed"):  # a task is a node's launcher
-            inner = parse_torchrun(self._log_text(record, f"node-{node}.log"))
+            inner = parse_torchrun(self._log_text(record, f"{logs}node-{node}.log"))
             rank, code = (inner.rank, inner.returncode) if inner else (None, code)
-        log = f"rank-{rank}.log" if rank is not None else f"node-{node}.log"
+        log = f"{logs}rank-{rank}.log" if rank is not None else f"{logs}node-{node}.log"
         lines = self._log_text(record, log).splitlines()[-20:]
         return Failure(
             node=node, rank=rank, returncode=code,
@@ -352,13 +406,29 @@ class SlurmBackend(Backend):
 
     # -- logs, cancel ---------------------------------------------------------------------
 
-    def logs(self, job_id: str, rank: int | None = None,
-             follow: bool = False) -> Iterator[tuple[LogSource, str]]:
+    def logs(self, job_id: str, rank: int | None = None, follow: bool = False,
+             task: int | None = None) -> Iterator[tuple[LogSource, str]]:
+        """A rank's lines, or every rank's; an array job's from one task (``task``)."""
         record = self.store.get(job_id)
-        log_dir = f"{record.run_dir}/logs"
+        self.check_rank(record, rank)
+        array = (record.options or {}).get("array")
+        if array and task is None:
+            raise SpecError([("task", None, f"job {job_id} is an array job (tasks {array}); "
+                              "give the task: corral logs ID --task N")])
+        if task is not None:
+            known = [t.task for t in self.store.tasks(job_id)]
+            if not array or (known and task not in known):
+                accepted = f"one of {known}" if known else "no task: it is not an array job"
+                raise SpecError([("task", task, f"job {job_id} has {accepted}")])
+        log_dir = f"{record.run_dir}/logs" + (f"/array-{task}" if task is not None else "")
         follower = LogFollower(Path(log_dir), rank, reader=self.transport.read_bytes,
                                lister=lambda: self.transport.list_dir(log_dir))
         return self.follow(job_id, follower, follow, self.options.poll_seconds)
+
+    def _run_lines(self, job_id: str) -> Iterator[tuple[LogSource, str]]:
+        if self.options.array:  # each task has logs of its own: corral logs ID --task N
+            return iter(())
+        return super()._run_lines(job_id)
 
     def _stop(self, record: JobRecord) -> None:
         slurm_id = record.engine_id or self.find_submitted([record]).get(record.id)
