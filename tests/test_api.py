@@ -160,3 +160,27 @@ def test_attach_gives_a_working_handle_whose_repr_works(programs: Path) -> None:
     assert handle.logs(rank=0) == "hi\n"
     again = eval(repr(handle), {"corral": corral})
     assert again.job_id == job_id and again.state is JobState.SUCCEEDED
+
+
+def test_ctrl_c_in_run_cancels_the_job_and_stops_a_sweep(programs: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    from corral.store import open_store
+
+    proc = subprocess.Popen([sys.executable, str(programs / "sweep.py")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    lines = []
+    while not any("started" in line for line in lines):
+        line = proc.stdout.readline()
+        assert line, proc.stderr.read() if proc.stderr else ""
+        lines.append(line)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 3 and "interrupted during run 0" in out
+    assert "run 1" not in out and "the loop went on" not in out
+    [job] = open_store().jobs()
+    assert job.name == "sweep-0" and job.state is JobState.CANCELLED
+    assert leftover_processes(job.run_dir or "", job.id) == []

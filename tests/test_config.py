@@ -268,3 +268,26 @@ def test_unreadable_file(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     expected = re.escape(f"'{path}' cannot be opened: Permission denied")
     with pytest.raises(JobFileError, match=expected):
         backend_defaults("slurm")
+
+
+def test_the_python_api_reads_the_same_config_as_the_cli(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+    import sys
+
+    from corral.api import _backend
+
+    (tmp_path / ".git").mkdir()
+    config = tmp_path / "corral.toml"
+    config.write_text('[slurm]\npartition = "gpu"\naccount = "ml-team"\n')
+    config.chmod(0o644)
+    (tmp_path / "train.py").write_text("print(1)\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CORRAL_CONFIG", raising=False)
+    options = _backend("slurm").options  # what corral.run/submit(spec, "slurm") use
+    assert (options.partition, options.account) == ("gpu", "ml-team")
+    dry = subprocess.run([sys.executable, "-m", "corral.cli", "run", "--backend", "slurm",
+                          "--dry-run", "train.py"], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=60)
+    assert dry.returncode == 0, dry.stderr
+    assert "#SBATCH --partition=gpu" in dry.stdout and "#SBATCH --account=ml-team" in dry.stdout

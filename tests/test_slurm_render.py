@@ -236,3 +236,20 @@ def test_jobs_of_one_engine_share_one_watcher_whatever_their_options() -> None:
     slow = SlurmBackend(SlurmOptions(poll_seconds=5)).poll_key
     remote = SlurmBackend(SlurmOptions(ssh="login.example.org")).poll_key
     assert gpu == slow != remote
+
+
+def test_an_engine_command_that_hangs_is_a_corral_error(tmp_path: object) -> None:
+    import os
+    from pathlib import Path
+
+    from corral.backends.slurm.transport import LocalTransport
+    from corral.errors import BackendError
+
+    fake = Path(str(tmp_path)) / "scontrol"
+    fake.write_text("#!/bin/sh\necho 'slurm_load_jobs error: Socket timed out' >&2\n"
+                    "exec sleep 30\n")
+    fake.chmod(0o755)
+    transport = LocalTransport(env={"PATH": f"{fake.parent}:{os.environ['PATH']}"})
+    with pytest.raises(BackendError, match=r"scontrol show job -o did not finish in 0\.5s; "
+                                           r"it printed: slurm_load_jobs error"):
+        transport.run(["scontrol", "show", "job", "-o"], timeout=0.5)
