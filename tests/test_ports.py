@@ -16,7 +16,6 @@ from corral.ports import (
     HIGHEST_PORT,
     LOWEST_PORT,
     ephemeral_range,
-    listening_ports,
     pick_port,
 )
 
@@ -116,21 +115,6 @@ def test_no_free_port_is_a_backend_error(listener: int) -> None:
 def test_ephemeral_range_covering_every_port_is_a_backend_error() -> None:
     with pytest.raises(BackendError, match=r"ephemeral range 1024-65535 .*sysctl"):
         pick_port(ephemeral=(1024, 65535))
-
-
-def test_listening_ports_are_read_from_proc_net_tcp(tmp_path: Path) -> None:
-    tcp = tmp_path / "tcp"
-    tcp.write_text(
-        "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid\n"
-        "   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0\n"
-        "   1: 0100007F:A7F4 0100007F:1F90 01 00000000:00000000 00:00000000 00000000     0\n"
-        "   2: garbage\n", encoding="ascii")
-    tcp6 = tmp_path / "tcp6"
-    tcp6.write_text(
-        "  sl  local_address                         remote_address                        st\n"
-        "   0: 00000000000000000000000000000000:0050 00000000000000000000000000000000:0000 0A\n",
-        encoding="ascii")
-    assert listening_ports([tcp, tcp6, tmp_path / "missing"]) == {0x1F90, 0x50}
 
 
 def test_local_jobs_rendezvous_outside_the_ephemeral_range(tmp_path: Path) -> None:

@@ -4,9 +4,9 @@ A port the kernel hands out for outgoing connections (its *ephemeral* range,
 ``/proc/sys/net/ipv4/ip_local_port_range``) may be taken by any connection between the
 moment corral picks it and the moment rank 0 binds it. So :func:`pick_port` draws at
 random from the ports in [1024, 65535] outside that range, and probes each candidate
-before returning it: nothing may listen on it (on any address), and it must bind on the
-given host with ``SO_REUSEADDR`` off. A probe cannot reserve the port; it makes a clash
-unlikely, not impossible.
+before returning it: nothing may accept connections on it, and it must bind on every
+address (the wildcard) with ``SO_REUSEADDR`` off, which fails while any socket holds it.
+A probe cannot reserve the port; it makes a clash unlikely, not impossible.
 """
 
 from __future__ import annotations
@@ -23,11 +23,9 @@ from corral.errors import BackendError
 
 EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 DEFAULT_EPHEMERAL_RANGE = (32768, 60999)  # Linux's default
-LISTENING_FILES = (Path("/proc/net/tcp"), Path("/proc/net/tcp6"))
 LOWEST_PORT = 1024  # below: privileged ports
 HIGHEST_PORT = 65535
 PROBES = 64
-_TCP_LISTEN = "0A"  # the state column of /proc/net/tcp
 
 
 def ephemeral_range(path: str | os.PathLike[str] = EPHEMERAL_RANGE_FILE) -> tuple[int, int]:
@@ -43,29 +41,6 @@ def ephemeral_range(path: str | os.PathLike[str] = EPHEMERAL_RANGE_FILE) -> tupl
     if not 0 < low <= high <= HIGHEST_PORT:
         return DEFAULT_EPHEMERAL_RANGE
     return low, high
-
-
-def listening_ports(paths: Collection[str | os.PathLike[str]] = LISTENING_FILES) -> set[int]:
-    """TCP ports something listens on, on any address (from ``/proc/net/tcp{,6}``).
-
-    Empty where those files cannot be read (not Linux); the bind probe still runs.
-    """
-    ports: set[int] = set()
-    for path in paths:
-        try:
-            lines = Path(path).read_text(encoding="ascii").splitlines()[1:]
-        except (OSError, UnicodeDecodeError):
-            continue
-        for line in lines:
-            fields = line.split()
-            if len(fields) < 4 or fields[3] != _TCP_LISTEN:
-                continue
-            _, _, port = fields[1].rpartition(":")
-            try:
-                ports.add(int(port, 16))
-            except ValueError:
-                continue
-    return ports
 
 
 def pick_port(
@@ -94,13 +69,12 @@ def pick_port(
             f"{len(excluded)} ports to avoid; narrow the ephemeral range, e.g. "
             "sysctl -w net.ipv4.ip_local_port_range='32768 60999'")
     family, sockaddr = _resolve(host)
-    listening = listening_ports()
     draw = rng or random.SystemRandom()
     tried: list[int] = draw.sample(candidates, min(probes, len(candidates)))
     for port in tried:
         if port in excluded or not (LOWEST_PORT <= port <= HIGHEST_PORT) or low <= port <= high:
             continue  # a proposal from outside the candidates (a custom rng)
-        if port not in listening and _is_free(family, sockaddr, port):
+        if _is_free(family, sockaddr, port):
             return port
     raise BackendError(
         f"no free TCP port on {host}: all {len(tried)} ports probed outside the kernel's "
@@ -120,7 +94,9 @@ def _resolve(host: str) -> tuple[socket.AddressFamily, tuple[Any, ...]]:
 
 
 def _is_free(family: socket.AddressFamily, sockaddr: tuple[Any, ...], port: int) -> bool:
-    """Nothing accepts connections on the port, and it binds without SO_REUSEADDR."""
+    """Nothing accepts connections on the port, and it binds on every address of the
+    family (the wildcard) without SO_REUSEADDR: that fails while any socket, on any
+    address, holds the port."""
     target = (sockaddr[0], port, *sockaddr[2:])  # IPv6 keeps its flow info and scope id
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.settimeout(1.0)
@@ -129,10 +105,11 @@ def _is_free(family: socket.AddressFamily, sockaddr: tuple[Any, ...], port: int)
                 return False  # something accepted, or we cannot tell
         except OSError:
             return False
+    wildcard = ("::" if family == socket.AF_INET6 else "0.0.0.0", port, *sockaddr[2:])
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
         try:
-            probe.bind(target)
+            probe.bind(wildcard)
         except OSError:
             return False
     return True
