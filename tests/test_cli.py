@@ -147,3 +147,25 @@ def test_ctrl_c_stops_every_rank(programs: Path, corral_home: Path) -> None:
     assert record.state is JobState.CANCELLED
     assert [e.source for e in open_store().events(run_dir.name)][-1] == "user"
     assert leftover_processes(run_dir, run_dir.name) == []
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])
+def test_sigterm_and_sighup_act_like_ctrl_c(programs: Path, corral_home: Path, sig: str) -> None:
+    import signal
+
+    number = getattr(signal, sig)
+    proc = subprocess.Popen(
+        [*CORRAL, "run", "--nodes", "2", str(programs / "misbehave.py"), "--", "none", "-1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    assert proc.stdout is not None
+    started = 0
+    while started < 2:
+        line = proc.stdout.readline()
+        assert line, proc.stderr.read() if proc.stderr else ""
+        started += "started" in line
+    proc.send_signal(number)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + number, err
+    [job] = open_store().jobs()
+    assert job.state is JobState.CANCELLED
+    assert leftover_processes(job.run_dir or "", job.id) == []

@@ -204,3 +204,25 @@ def test_array_tasks_have_their_own_state_logs_and_failure(cluster: object) -> N
     assert corral("logs", job, "--task", "1", "--rank", "5").returncode == 125
     shown = corral("status", job)
     assert "task 2: FAILED returncode 7" in shown.stdout and "task 3: SUCCEEDED" in shown.stdout
+
+
+def test_sigterm_to_a_foreground_slurm_run_cancels_the_job(cluster: object,
+                                                           tmp_path: Path) -> None:
+    import signal
+
+    proc = subprocess.Popen([*CORRAL, "run", "--backend", "slurm", "-o",
+                             f"python={sys.executable}", "-o", "poll_seconds=0.2", "--nodes",
+                             "2", "sh", "-c", "echo up; sleep 120"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    started = 0
+    while started < 2:
+        line = proc.stdout.readline()
+        assert line, proc.stderr.read() if proc.stderr else ""
+        started += "up" in line
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    [job] = open_store().jobs("slurm")
+    assert job.state is JobState.CANCELLED, job.reason
+    assert slurm_jobs_with(job.id)[0].split("JobState=")[1].startswith("CANCELLED")
