@@ -351,10 +351,11 @@ class Store:
             raise StoreError(
                 f"cannot open the job store {str(self.path)!r}: {exc}; check that the file "
                 "and its folder are writable (or move it away to start a new one)") from None
-        try:
-            os.chmod(self.path, 0o600)
-        except OSError:
-            pass
+        for suffix in ("", "-wal", "-shm"):  # the journal holds the same data
+            try:
+                os.chmod(f"{self.path}{suffix}", 0o600)
+            except OSError:
+                pass
         return db
 
     @staticmethod

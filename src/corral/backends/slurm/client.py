@@ -172,6 +172,7 @@ class SlurmBackend(Backend):
     def _launch(self, spec: JobSpec, plan: Plan, record: JobRecord) -> str | None:
         assert isinstance(plan, SlurmPlan)
         t = self.transport
+        t.make_dirs(plan.run_dir)  # owner only: the script holds the job's environment
         t.make_dirs(f"{plan.run_dir}/logs")  # Slurm opens the batch log there
         if self.options.snapshot:
             snap = snapshot_files(

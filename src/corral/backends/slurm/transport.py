@@ -28,7 +28,8 @@ class Transport(Protocol):
 
     def list_dir(self, path: str) -> list[str]: ...
 
-    def make_dirs(self, path: str) -> None: ...
+    def make_dirs(self, path: str) -> None:
+        """Create ``path`` (and its parents); the folder itself readable by its owner only."""
 
     def copy_files(self, src_dir: str, files: Sequence[str], dst_dir: str) -> None: ...
 
@@ -94,7 +95,8 @@ class LocalTransport:
             return []
 
     def make_dirs(self, path: str) -> None:
-        os.makedirs(path, exist_ok=True)
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        os.chmod(path, 0o700)
 
     def copy_files(self, src_dir: str, files: Sequence[str], dst_dir: str) -> None:
         for name in files:
@@ -149,7 +151,7 @@ class SshTransport:
         return sorted(done.stdout.decode(errors="replace").split()) if done.returncode == 0 else []
 
     def make_dirs(self, path: str) -> None:
-        self._ssh(f"mkdir -p {shlex.quote(path)}")
+        self._ssh(f"mkdir -p {shlex.quote(path)} && chmod 700 {shlex.quote(path)}")
 
     def copy_files(self, src_dir: str, files: Sequence[str], dst_dir: str) -> None:
         if shutil.which("rsync") is None:
