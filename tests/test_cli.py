@@ -102,7 +102,7 @@ def test_detach_ps_status_logs_cancel_wait(programs: Path) -> None:
         time.sleep(0.1)
     assert corral("logs", job_id, "--rank", "0").stdout.startswith("rank 0 started")
     waited = corral("wait", "--timeout", "0.5", job_id)
-    assert waited.returncode == 124
+    assert waited.returncode == 75 and "still RUNNING" in waited.stderr  # the wait ran out
     cancelled = corral("cancel", job_id)
     assert cancelled.stdout.strip() == f"{job_id}: CANCELLED"
     assert corral("cancel", job_id).stdout.strip() == f"{job_id}: CANCELLED"
@@ -169,3 +169,10 @@ def test_sigterm_and_sighup_act_like_ctrl_c(programs: Path, corral_home: Path, s
     [job] = open_store().jobs()
     assert job.state is JobState.CANCELLED
     assert leftover_processes(job.run_dir or "", job.id) == []
+
+
+def test_wait_on_a_job_that_hit_its_time_limit_exits_124(programs: Path) -> None:
+    job_id = corral("run", "--detach", "--time-limit", "1", str(programs / "misbehave.py"),
+                    "--", "none", "-1").stdout.strip()
+    waited = corral("wait", "--timeout", "60", job_id)
+    assert waited.returncode == 124 and f"{job_id}: TIMEOUT" in waited.stdout

@@ -80,6 +80,7 @@ def _age(created: float | None) -> str:
     return f"{seconds}s"
 
 
+WAIT_TIMED_OUT = 75  # EX_TEMPFAIL: the wait ran out, the jobs go on; try again later
 PS_COLUMNS = ("JOB ID", "NAME", "BACKEND", "STATE", "NODES", "AGE", "REASON")
 
 
@@ -207,7 +208,8 @@ def cancel_command(job_ids: tuple[str, ...]) -> int:
 
 @click.command("wait")
 @click.argument("job_ids", nargs=-1, required=True)
-@click.option("--timeout", type=float, help="Give up after this many seconds (exit 124).")
+@click.option("--timeout", type=float,
+              help="Give up after this many seconds (exit 75; a job's own time limit is 124).")
 def wait_command(job_ids: tuple[str, ...], timeout: float | None) -> int:
     """Wait for jobs to end; exit 0 only if all succeeded."""
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -222,6 +224,6 @@ def wait_command(job_ids: tuple[str, ...], timeout: float | None) -> int:
 
     statuses, code = for_each_job(job_ids, wait)
     if any(not s.state.is_terminal() for s in statuses):
-        return 124
+        return WAIT_TIMED_OUT
     failed = [s.returncode for s in statuses if s.state is not JobState.SUCCEEDED]
     return code or (failed[0] if failed else 0)
