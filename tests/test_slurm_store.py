@@ -226,3 +226,27 @@ def test_sigterm_to_a_foreground_slurm_run_cancels_the_job(cluster: object,
     [job] = open_store().jobs("slurm")
     assert job.state is JobState.CANCELLED, job.reason
     assert slurm_jobs_with(job.id)[0].split("JobState=")[1].startswith("CANCELLED")
+
+
+def test_run_root_with_a_space_and_percent_works(cluster: object, tmp_path: Path) -> None:
+    root = tmp_path / "my runs 100%j"
+    backend = SlurmBackend(SlurmOptions(python=sys.executable, poll_seconds=0.2,
+                                        run_root=str(root)))
+    job = backend.submit(JobSpec(name="spaced", workdir=str(tmp_path), entrypoint={
+        "kind": "command", "argv": ["sh", "-c", "echo here; pwd"]})).job_id
+    status = backend.wait(job, timeout=120)
+    assert status.state is JobState.SUCCEEDED, status.summary()
+    logs = root / job / "logs"
+    assert [line for _, line in backend.logs(job, rank=0)][0] == "here"
+    batch = list(logs.glob("batch-*.log"))
+    assert [p.name for p in batch] == [f"batch-{backend.store.get(job).engine_id}.log"]
+
+
+def test_queue_that_smuggles_an_option_is_refused(cluster: object, tmp_path: Path) -> None:
+    spec_file = tmp_path / "job.yaml"
+    spec_file.write_text('command: ["true"]\nqueue: "debug --comment=INJECTED"\n')
+    done = subprocess.run([*CORRAL, "run", "--backend", "slurm", "-o",
+                           f"python={sys.executable}", "-f", str(spec_file)],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert done.returncode == 125 and "queue: got 'debug --comment=INJECTED'" in done.stderr
+    assert open_store().jobs() == []  # nothing recorded, nothing submitted

@@ -162,6 +162,9 @@ class JobSpec(_Frozen):
     priority: int = Field(default=0, ge=-1000, le=1000)
 
     def __init__(self, **data: Any) -> None:
+        problems = _nul_problems(data)
+        if problems:
+            raise SpecError(problems)
         try:
             super().__init__(**data)
         except ValidationError as exc:
@@ -170,13 +173,6 @@ class JobSpec(_Frozen):
     @property
     def world_size(self) -> int:
         return self.nodes * self.procs_per_node
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        if "\x00" in value:
-            raise ValueError("must not contain NUL bytes")
-        return value
 
     @field_validator("args", "launcher_args", mode="before")
     @classmethod
@@ -188,13 +184,11 @@ class JobSpec(_Frozen):
     @field_validator("env")
     @classmethod
     def _env(cls, value: Mapping[str, str]) -> dict[str, str]:
-        for key, item in value.items():
+        for key in value:
             if not _ENV_KEY.match(key):
                 raise ValueError(
                     f"key {key!r} is not a valid variable name ([A-Za-z_][A-Za-z0-9_]*)"
                 )
-            if "\x00" in item:
-                raise ValueError(f"value of {key} must not contain NUL bytes")
         return dict(value)
 
     @field_validator("time_limit", mode="before")
@@ -204,9 +198,6 @@ class JobSpec(_Frozen):
 
     @model_validator(mode="after")
     def _consistent(self) -> JobSpec:
-        for arg in self.args:
-            if "\x00" in arg:
-                raise ValueError("args must not contain NUL bytes")
         if isinstance(self.entrypoint, Function) and self.launcher not in ("none", "torchrun"):
             raise ValueError(
                 f"a Python function runs with launcher 'none' or 'torchrun', not {self.launcher!r}"
@@ -218,6 +209,31 @@ class JobSpec(_Frozen):
         data = {name: getattr(self, name) for name in type(self).model_fields}
         data.update(changes)
         return JobSpec(**data)
+
+
+NUL_REFUSED = ("must not contain NUL bytes: no program can receive one, and corral marks its "
+               "own run-time references with them in rendered scripts")
+
+
+def _nul_problems(value: object, path: str = "") -> list[tuple[str, Any, str]]:
+    """Every string in the spec's input (a function's own arguments aside) that holds NUL."""
+    if isinstance(value, str):
+        return [(path or "spec", value[:80], NUL_REFUSED)] if "\x00" in value else []
+    if isinstance(value, Function):
+        return []  # pickled as they are, never rendered
+    if isinstance(value, BaseModel):
+        value = {name: getattr(value, name) for name in type(value).model_fields}
+    if isinstance(value, Mapping):
+        if value.get("kind") == "function":
+            return []
+        found = []
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            found += _nul_problems(str(key), where) + _nul_problems(item, where)
+        return found
+    if isinstance(value, list | tuple):
+        return [p for i, item in enumerate(value) for p in _nul_problems(item, f"{path}[{i}]")]
+    return []
 
 
 def _model_at(model: type[BaseModel], path: list[str]) -> type[BaseModel]:

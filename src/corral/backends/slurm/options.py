@@ -7,7 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from corral.spec import spec_error_from
+from corral.errors import SpecError
+from corral.spec import _nul_problems, spec_error_from
 
 _NAME = r"^[A-Za-z0-9_.+-]+$"
 _ARRAY = re.compile(r"^\d+(-\d+(:\d+)?)?(,\d+(-\d+(:\d+)?)?)*(%\d+)?$")
@@ -51,6 +52,9 @@ class SlurmOptions(BaseModel):
     poll_seconds: float = Field(default=1.0, gt=0)
 
     def __init__(self, **data: Any) -> None:
+        problems = _nul_problems(data, "")
+        if problems:
+            raise SpecError([(f"slurm.{field}", value, why) for field, value, why in problems])
         try:
             super().__init__(**data)
         except ValidationError as exc:

@@ -67,20 +67,43 @@ def job_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]+", "_", name).strip("_")[:100] or "job"
 
 
+QUEUE_NAME = r"^[A-Za-z0-9_.+-]+$"  # what Slurm accepts as a partition name
+
+
+def sbatch_path(path: str, what: str) -> str:
+    """A path that an ``#SBATCH`` line can carry; one sbatch cannot take is refused before
+    anything is submitted."""
+    bad = [c for c in ('"', "\\", "\n", "\r") if c in path]
+    if bad:
+        raise SpecError([(what, path, f"a path with {bad[0]!r} cannot be given to sbatch; "
+                          "choose a run root or working directory without it")])
+    return path
+
+
+def sbatch_value(value: str) -> str:
+    """Double-quoted when it holds spaces (sbatch reads quotes in #SBATCH lines)."""
+    return f'"{value}"' if any(c.isspace() for c in value) else value
+
+
 COMMENT_PREFIX = "corral-job="  # --comment carries corral's id: a lost submission is found
 
 
 def _sbatch_lines(spec: JobSpec, options: SlurmOptions, tasks_per_node: int,
                   log_dir: str, code_dir: str, job_id: str) -> list[str]:
+    pattern = "batch-%j.log" if not options.array else "batch-%A_%a.log"
     lines = [
         f"--job-name={job_name(spec.name)}",
         f"--comment={COMMENT_PREFIX}{job_id}",
         f"--nodes={spec.nodes}",
         f"--ntasks-per-node={tasks_per_node}",
-        f"--output={log_dir}/batch-%j.log" if not options.array
-        else f"--output={log_dir}/batch-%A_%a.log",
-        f"--chdir={code_dir}",
+        # In --output, % starts a filename pattern (%j): a literal one is written %%.
+        "--output=" + sbatch_value(sbatch_path(log_dir, "run directory").replace("%", "%%")
+                                   + "/" + pattern),
+        "--chdir=" + sbatch_value(sbatch_path(code_dir, "working directory")),
     ]
+    if spec.queue and not re.match(QUEUE_NAME, spec.queue):
+        raise SpecError([("queue", spec.queue, "accepted on Slurm: a partition name of "
+                          "letters, digits and _.+- (e.g. gpu)")])
     partition = options.partition or spec.queue
     if partition:
         lines.append(f"--partition={partition}")
