@@ -237,7 +237,7 @@ def test_run_root_with_a_space_and_percent_works(cluster: object, tmp_path: Path
     status = backend.wait(job, timeout=120)
     assert status.state is JobState.SUCCEEDED, status.summary()
     logs = root / job / "logs"
-    assert [line for _, line in backend.logs(job, rank=0)][0] == "here"
+    assert next(line for _, line in backend.logs(job, rank=0)) == "here"
     batch = list(logs.glob("batch-*.log"))
     assert [p.name for p in batch] == [f"batch-{backend.store.get(job).engine_id}.log"]
 
