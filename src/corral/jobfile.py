@@ -52,6 +52,9 @@ def read_job_file(path: str | Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise JobFileError(f"cannot read job file {str(path)!r}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise JobFileError(f"job file {str(path)!r} is not UTF-8 text (byte {exc.start}); "
+                           "give a YAML, TOML or JSON file") from None
     try:
         if path.suffix == ".toml":
             if sys.version_info >= (3, 11):
