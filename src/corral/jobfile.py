@@ -79,7 +79,33 @@ def read_job_file(path: str | Path) -> dict[str, Any]:
         data = {}
     if not isinstance(data, dict):
         raise JobFileError(f"job file {str(path)!r}: expected a mapping of fields at the top")
-    return entrypoint_fields(data)
+    return _relative_to(entrypoint_fields(_env_as_text(data)), path.resolve().parent)
+
+
+def _env_as_text(data: dict[str, Any]) -> dict[str, Any]:
+    """``env: {SEED: 3, DEBUG: true}``: numbers and booleans are the text a shell would see."""
+    env = data.get("env")
+    if not isinstance(env, dict):
+        return data
+    def text(value: Any) -> Any:
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        return str(value) if isinstance(value, int | float) else value
+    return {**data, "env": {key: text(value) for key, value in env.items()}}
+
+
+def _relative_to(data: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """Relative paths in a job file (workdir, and a script when no workdir is given) are
+    relative to the file's own folder, wherever corral is started from."""
+    data = dict(data)
+    workdir = data.get("workdir")
+    if isinstance(workdir, str) and not Path(workdir).is_absolute():
+        data["workdir"] = str(folder / workdir)
+    entry = data.get("entrypoint")
+    if (workdir is None and isinstance(entry, dict) and entry.get("kind") == "script"
+            and isinstance(entry.get("path"), str) and not Path(entry["path"]).is_absolute()):
+        data["entrypoint"] = {**entry, "path": str(folder / entry["path"])}
+    return data
 
 
 def load_job_file(path: str | Path, **overrides: Any) -> JobSpec:

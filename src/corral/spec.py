@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal
@@ -28,6 +29,9 @@ _MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE
 _MEMORY_UNITS_MB = {"B": 1 / 2**20, "K": 1 / 1024, "M": 1.0, "G": 1024.0, "T": 1024.0**2}
 
 
+MAX_DURATION = 366 * 86400.0
+
+
 def parse_duration(value: object) -> float:
     """Seconds from 90, "90", "90s", "1h30m", "2d", "01:30:00" or "30:00" (Slurm's M:S)."""
     if isinstance(value, bool):
@@ -46,6 +50,8 @@ def parse_duration(value: object) -> float:
             parts = [int(p) for p in text.split(":")]
             if len(parts) == 2:
                 parts = [0, *parts]
+            if parts[2] > 59 or (":" in text.partition(":")[2] and parts[1] > 59):
+                raise ValueError("minutes and seconds of HH:MM:SS or MM:SS go up to 59")
             seconds = days * 86400 + parts[0] * 3600 + parts[1] * 60 + parts[2]
         elif text and (m := _DURATION.match(text)) and any(m.groups()):
             d, h, mi, s = (float(g) if g else 0.0 for g in m.groups())
@@ -54,8 +60,10 @@ def parse_duration(value: object) -> float:
             raise ValueError("accepted: seconds (90), '90s', '1h30m', '2d', 'HH:MM:SS'")
     else:
         raise ValueError("accepted: seconds (90), '90s', '1h30m', '2d', 'HH:MM:SS'")
-    if seconds <= 0:
-        raise ValueError("must be more than 0 seconds")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError("must be a finite number of seconds, more than 0")
+    if seconds > MAX_DURATION:
+        raise ValueError(f"must be at most {MAX_DURATION // 86400:.0f} days")
     return seconds
 
 
@@ -198,6 +206,11 @@ class JobSpec(_Frozen):
 
     @model_validator(mode="after")
     def _consistent(self) -> JobSpec:
+        if self.max_restarts and self.launcher != "torchrun":
+            raise ValueError(f"max_restarts needs launcher 'torchrun' (its elastic agent "
+                             f"restarts ranks); launcher {self.launcher!r} cannot restart")
+        if self.mpi != "openmpi" and self.launcher != "mpirun":
+            raise ValueError(f"mpi={self.mpi!r} needs launcher 'mpirun', not {self.launcher!r}")
         if isinstance(self.entrypoint, Function) and self.launcher not in ("none", "torchrun"):
             raise ValueError(
                 f"a Python function runs with launcher 'none' or 'torchrun', not {self.launcher!r}"

@@ -71,10 +71,16 @@ def backend_options(name: str, values: dict[str, Any]) -> Any:
             raise SpecError([(f"{name} option", sorted(values),
                               f"the {name} backend takes no options")])
         return None
-    try:
-        return options_type(**values)
-    except TypeError as exc:  # a dataclass given an unknown key
-        raise SpecError([(f"{name} option", sorted(values), str(exc))]) from None
+    import dataclasses
+
+    if dataclasses.is_dataclass(options_type):
+        known = {f.name for f in dataclasses.fields(options_type)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise SpecError([(f"{name} option", unknown[0] if len(unknown) == 1 else unknown,
+                              f"unknown option; the {name} backend accepts: "
+                              + ", ".join(sorted(known)))])
+    return options_type(**values)
 
 
 def configured_backend(name: str, values: dict[str, Any]) -> Backend:

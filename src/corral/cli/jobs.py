@@ -212,6 +212,10 @@ def cancel_command(job_ids: tuple[str, ...]) -> int:
               help="Give up after this many seconds (exit 75; a job's own time limit is 124).")
 def wait_command(job_ids: tuple[str, ...], timeout: float | None) -> int:
     """Wait for jobs to end; exit 0 only if all succeeded."""
+    if timeout is not None and not 0 <= timeout <= 366 * 86400:  # NaN fails this too
+        from corral.errors import SpecError
+
+        raise SpecError([("timeout", timeout, "accepted: seconds from 0 to 366 days")])
     deadline = None if timeout is None else time.monotonic() + timeout
 
     def wait(job_id: str) -> JobStatus:

@@ -116,6 +116,10 @@ def run_command(
     fields: dict[str, Any] = read_job_file(job_file) if job_file else {}
     if command and command[0] == "--":
         command = command[1:]
+    if job_file and module is None and command and command[0].startswith("-"):
+        # `-f job.yaml -- --lr 0.1` (click takes the `--`): more args for the file's program
+        fields["args"] = [*fields.get("args", []), *command]
+        command = ()
     entry = entry_from_command(command, module)
     if entry:
         for key in ("script", "module", "command", "entrypoint"):
@@ -137,6 +141,9 @@ def run_command(
         fields["resources"] = {**fields.get("resources", {}), **given}
     if "name" not in fields:
         fields["name"] = _default_name(fields["entrypoint"])
+    if mpi is not None and fields.get("launcher") != "mpirun":
+        raise SpecError([("mpi", mpi, "--mpi chooses the MPI of --launcher mpirun; add "
+                          "--launcher mpirun, or leave --mpi out")])
     spec = JobSpec(**fields)
     values = {**backend_defaults(backend), **parse_options(option_pairs)}
     if no_fork:

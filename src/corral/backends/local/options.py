@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+MAX_GRACE_SECONDS = 3600
+
 
 @dataclass(frozen=True)
 class LocalOptions:
@@ -17,8 +19,8 @@ class LocalOptions:
 
         if not isinstance(self.fork, bool):
             raise SpecError([("local.fork", self.fork, "accepted: true or false")])
-        if isinstance(self.grace_seconds, bool) or not isinstance(
-            self.grace_seconds, int | float
-        ) or self.grace_seconds < 0:
-            raise SpecError([("local.grace_seconds", self.grace_seconds,
-                              "accepted: a number of seconds >= 0")])
+        grace = self.grace_seconds
+        if isinstance(grace, bool) or not isinstance(grace, int | float) or not (
+                0 <= grace <= MAX_GRACE_SECONDS):  # NaN fails this too
+            raise SpecError([("local.grace_seconds", grace,
+                              f"accepted: a number of seconds from 0 to {MAX_GRACE_SECONDS}")])
