@@ -90,3 +90,6 @@ def test_preload_guess_reads_module_level_imports() -> None:
     )
     assert imported_roots(source) == {"os", "torch", "numpy", "pandas"}
     assert imported_roots("this is not python(") == set()
+    conditional = ("import sys\nif '--gpu' in sys.argv:\n    import torch\n"
+                   "if TYPE_CHECKING:\n    import numpy\nclass A:\n    import scipy\n")
+    assert imported_roots(conditional) == {"sys"}  # never preload what may not be imported

@@ -32,6 +32,8 @@ export CORRAL_RUN_DIR=/shared/j-1
 export CORRAL_NUM_NODES=2
 {world}export LOCAL_WORLD_SIZE=2
 export PYTHONUNBUFFERED=1
+threads=$(( ${{SLURM_CPUS_ON_NODE:-1}} / 2 ))
+export OMP_NUM_THREADS=$(( threads > 0 ? threads : 1 ))
 export CORRAL_LOG_DIR=/shared/j-1/logs"${{SLURM_ARRAY_TASK_ID:+/array-$SLURM_ARRAY_TASK_ID}}"
 mkdir -p "$CORRAL_LOG_DIR"
 hosts=$(scontrol show hostnames "$SLURM_JOB_NODELIST")
@@ -253,3 +255,20 @@ def test_an_engine_command_that_hangs_is_a_corral_error(tmp_path: object) -> Non
     with pytest.raises(BackendError, match=r"scontrol show job -o did not finish in 0\.5s; "
                                            r"it printed: slurm_load_jobs error"):
         transport.run(["scontrol", "show", "job", "-o"], timeout=0.5)
+
+
+def test_time_limit_that_slurm_rounds_is_reported() -> None:
+    from corral.backends.slurm.render import render
+
+    plan = render(spec("none", time_limit="90s"), job_id="j-1", run_dir="/shared/j-1",
+                  workdir="/work", options=SlurmOptions(), python="/venv/bin/python")
+    assert "# note: time limit 90s becomes --time=00:02:00: Slurm counts whole minutes" in (
+        plan.dry_run_text())
+    whole = render(spec("none", time_limit="2m"), job_id="j-1", run_dir="/shared/j-1",
+                   workdir="/work", options=SlurmOptions(), python="/venv/bin/python")
+    assert whole.notes == ()
+
+
+def test_a_users_thread_count_is_kept_on_slurm() -> None:
+    text = script(spec("none", env={"OMP_NUM_THREADS": "3"}))
+    assert "export OMP_NUM_THREADS=3\n" in text and "SLURM_CPUS_ON_NODE" not in text

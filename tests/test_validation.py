@@ -68,3 +68,17 @@ def test_job_files_read_relative_to_themselves(tmp_path: Path) -> None:
     done = corral("run", "-f", str(jobs / "job.yaml"), "--", "--b", "2", cwd=elsewhere)
     assert done.returncode == 0, done.stderr
     assert "args ['--a', '--b', '2'] seed 3" in done.stdout
+
+
+@pytest.mark.parametrize("key", ["RANK", "WORLD_SIZE", "MASTER_ADDR", "CORRAL_JOB_ID"])
+def test_variables_corral_sets_cannot_be_given(key: str) -> None:
+    with pytest.raises(SpecError, match=f"{key} is set by corral"):
+        JobSpec(entrypoint=ECHO, env={key: "3"})
+    done = corral("run", "--dry-run", "--env", f"{key}=3", "true")
+    assert done.returncode == 125 and f"{key} is set by corral" in done.stderr
+
+
+def test_a_users_thread_count_is_kept(tmp_path: Path) -> None:
+    done = corral("run", "--nodes", "2", "--env", "OMP_NUM_THREADS=3", "sh", "-c",
+                  'echo "threads $OMP_NUM_THREADS"', cwd=tmp_path)
+    assert done.returncode == 0 and done.stdout.count("threads 3") == 2, done.stdout

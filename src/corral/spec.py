@@ -30,6 +30,9 @@ _MEMORY_UNITS_MB = {"B": 1 / 2**20, "K": 1 / 1024, "M": 1.0, "G": 1024.0, "T": 1
 
 
 MAX_DURATION = 366 * 86400.0
+# What corral sets in every rank, on every backend: a user's value would be half honoured.
+RESERVED_ENV = frozenset({"RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "NODE_RANK",
+                          "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT"})
 
 
 def parse_duration(value: object) -> float:
@@ -197,6 +200,11 @@ class JobSpec(_Frozen):
                 raise ValueError(
                     f"key {key!r} is not a valid variable name ([A-Za-z_][A-Za-z0-9_]*)"
                 )
+            if key in RESERVED_ENV or key.startswith("CORRAL_"):
+                raise ValueError(
+                    f"{key} is set by corral for every rank (rank, world and rendezvous "
+                    "variables, CORRAL_*); set nodes/procs_per_node instead, or read "
+                    "corral.env() in the program")
         return dict(value)
 
     @field_validator("time_limit", mode="before")

@@ -18,7 +18,10 @@ PRELOADABLE = ("torch", "numpy", "scipy", "pandas")
 
 
 def imported_roots(source: str) -> set[str]:
-    """Top-level package names a module imports at module level (not inside functions)."""
+    """Top-level package names a module surely imports when it runs: statements at module
+    level, and in ``try`` blocks there; not inside functions, classes or an ``if`` (which
+    may never run: ``if TYPE_CHECKING``, a command-line switch), where preloading would
+    cost a rank that does not need it."""
     try:
         tree = ast.parse(source)
     except SyntaxError:
@@ -31,12 +34,11 @@ def imported_roots(source: str) -> set[str]:
             roots.update(alias.name.split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             roots.add(node.module.split(".")[0])
-        elif isinstance(node, ast.If | ast.Try):
+        elif isinstance(node, ast.Try):
             stack.extend(node.body)
             stack.extend(node.orelse)
-            if isinstance(node, ast.Try):
-                for handler in node.handlers:
-                    stack.extend(handler.body)
+            for handler in node.handlers:
+                stack.extend(handler.body)
     return roots
 
 

@@ -167,6 +167,8 @@ class SlurmBackend(Backend):
         ):
             raise SubmitError(f"entrypoint: script {entry.path!r} not found in "
                               f"{slurm_plan.workdir}; nothing was submitted")
+        for note in slurm_plan.notes:
+            sys.stderr.write(f"corral: note: {note}\n")
         return super().submit(spec, slurm_plan)
 
     def _launch(self, spec: JobSpec, plan: Plan, record: JobRecord) -> str | None:

@@ -52,6 +52,8 @@ class SlurmPlan:
     code_dir: str
     script: str
     entry_rewrites: dict[str, str] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()  # what the user should know before it runs
+
 
     @property
     def script_path(self) -> str:
@@ -59,7 +61,8 @@ class SlurmPlan:
 
     def dry_run_text(self) -> str:
         return (f"# sbatch --parsable {self.script_path}\n"
-                f"# code: {self.workdir} -> {self.code_dir}\n" + self.script)
+                f"# code: {self.workdir} -> {self.code_dir}\n"
+                + "".join(f"# note: {note}\n" for note in self.notes) + self.script)
 
 
 def job_name(name: str) -> str:
@@ -180,6 +183,11 @@ def render(spec: JobSpec, *, job_id: str, run_dir: str, workdir: str,
     out += [f"#SBATCH {line}" for line in lines]
     out += ["set -eu", ""]
     out += [f"export {key}={shell.quote(str(value))}" for key, value in env.items()]
+    if "OMP_NUM_THREADS" not in spec.env:  # the thread cap of the local backend, here too
+        out.append(f"threads=$(( ${{SLURM_CPUS_ON_NODE:-1}} / {spec.procs_per_node} ))")
+        out.append("export OMP_NUM_THREADS=$(( threads > 0 ? threads : 1 ))")
+    if in_allocation_mpirun:  # as the local backend allows it: mpirun refuses root otherwise
+        out.append("export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1")
     out += [
         f"export CORRAL_LOG_DIR={shell.quote(log_dir)}"
         '"${SLURM_ARRAY_TASK_ID:+/array-$SLURM_ARRAY_TASK_ID}"',
@@ -210,8 +218,13 @@ def render(spec: JobSpec, *, job_id: str, run_dir: str, workdir: str,
         program = program_argv(spec, ctx)
         out.append(shell.join([*srun, *prefix, "sh", "-c", _RANK_FROM_SLURM, SHIM_NAME,
                                *program]))
+    notes = []
+    if spec.time_limit and spec.time_limit % 60:
+        notes.append(f"time limit {spec.time_limit:g}s becomes --time="
+                     f"{slurm_time(spec.time_limit)}: Slurm counts whole minutes")
     return SlurmPlan(job_id=job_id, run_dir=run_dir, workdir=workdir, code_dir=code_dir,
-                     script="\n".join(out) + "\n", entry_rewrites=rewrites)
+                     script="\n".join(out) + "\n", entry_rewrites=rewrites,
+                     notes=tuple(notes))
 
 
 def _entry_in_snapshot(spec: JobSpec, workdir: str, code_dir: str,
