@@ -80,3 +80,24 @@ def test_dry_run_lines_are_safe_shell(programs: Path, tmp_path: Path) -> None:
     record = read_rank_outputs(tmp_path)[0]
     assert record["argv"] == HOSTILE and record["env"]["HOSTILE_3"] == "line one\nline two"
     assert "args:" in out.stdout
+
+
+def test_names_reasons_and_log_excerpts_are_shown_escaped(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    evil = "printf 'clear\\033[2J\\033]0;pwned\\007 done\\r\\n'; exit 4"
+    done = subprocess.run([sys.executable, "-m", "corral.cli", "run", "--name",
+                           "n\x1b[31mame", "sh", "-c", evil], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=60)
+    assert done.returncode == 4
+    summary = done.stderr.split("corral: job", 1)[1]
+    assert "\x1b" not in summary and "\\x1b[2J" in summary and "\\x07" in summary
+    job_id = done.stderr.split()[2]
+    status = subprocess.run([sys.executable, "-m", "corral.cli", "status", job_id],
+                            capture_output=True, text=True, timeout=60)
+    ps = subprocess.run([sys.executable, "-m", "corral.cli", "ps", "-a"],
+                        capture_output=True, text=True, timeout=60)
+    for shown in (status.stdout, ps.stdout):
+        assert "\x1b" not in shown and "\x07" not in shown
+    assert "n\\x1b[31mame" in ps.stdout

@@ -5,6 +5,7 @@ Standard library only, so that the commands that print start fast.
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import TYPE_CHECKING, TextIO
 
@@ -34,3 +35,11 @@ class LinePrinter:
         stream.write(f"{label} {line}\n")
         stream.flush()
 
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(text: str, limit: int = 300) -> str:
+    """Text safe for a terminal: control characters (ANSI escapes, newlines) escaped."""
+    shown = _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+    return shown if len(shown) <= limit else shown[:limit - 3] + "..."

@@ -11,14 +11,13 @@ it: ``corral ps`` over finished jobs reads the store and nothing more.
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, TypeVar
 
 import click
 
-from corral.console import LinePrinter
+from corral.console import LinePrinter, printable
 from corral.errors import CorralError, JobNotFound
 from corral.jobstate import JobState
 from corral.status import JobStatus
@@ -28,13 +27,6 @@ if TYPE_CHECKING:
     from corral.backends.base import Backend
 
 T = TypeVar("T")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
-def printable(text: str, limit: int = 300) -> str:
-    """Text safe for a terminal: control characters (ANSI escapes, newlines) escaped."""
-    shown = _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
-    return shown if len(shown) <= limit else shown[:limit - 3] + "..."
 
 
 def backend_of(job_id: str) -> Backend:
