@@ -36,6 +36,7 @@ threads=$(( ${{SLURM_CPUS_ON_NODE:-1}} / 2 ))
 export OMP_NUM_THREADS=$(( threads > 0 ? threads : 1 ))
 export CORRAL_LOG_DIR=/shared/j-1/logs"${{SLURM_ARRAY_TASK_ID:+/array-$SLURM_ARRAY_TASK_ID}}"
 mkdir -p "$CORRAL_LOG_DIR"
+srun_logs="${{CORRAL_LOG_DIR//%/%%}}"
 hosts=$(scontrol show hostnames "$SLURM_JOB_NODELIST")
 export MASTER_ADDR=$(printf "%s\\n" $hosts | head -n 1)
 export MASTER_PORT=$(( 10000 + SLURM_JOB_ID % 20000 ))
@@ -65,7 +66,7 @@ def script(s: JobSpec, **options: object) -> str:
 def test_none_launcher_one_task_per_rank() -> None:
     expected = HEADER.format(tasks=2, world="export WORLD_SIZE=4\n") + (
         "srun --kill-on-bad-exit=1 --ntasks-per-node=2 "
-        "--output=\"${CORRAL_LOG_DIR}\"/node-%n.log sh -c " + RANK_SHIM +
+        "--output=\"${srun_logs}\"/node-%n.log sh -c " + RANK_SHIM +
         " /venv/bin/python /shared/j-1/code/train.py --lr 0.1\n")
     assert script(spec("none")) == expected
 
@@ -74,7 +75,7 @@ def test_torchrun_one_agent_per_node_with_rendezvous_on_first_host() -> None:
     text = script(spec("torchrun"))
     assert text.startswith(HEADER.format(tasks=1, world=""))
     assert text.splitlines()[-1] == (
-        "srun --kill-on-bad-exit=1 --ntasks-per-node=1 --output=\"${CORRAL_LOG_DIR}\"/node-%n.log"
+        "srun --kill-on-bad-exit=1 --ntasks-per-node=1 --output=\"${srun_logs}\"/node-%n.log"
         " sh -c 'export NODE_RANK=\"$SLURM_NODEID\"; exec /venv/bin/python -m "
         "torch.distributed.run --nnodes 2 --nproc-per-node 2 --node-rank \"${SLURM_NODEID}\" "
         "--rdzv-backend c10d --rdzv-endpoint \"${MASTER_ADDR}\":\"${MASTER_PORT}\" --rdzv-id j-1"

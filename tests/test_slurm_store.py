@@ -34,6 +34,11 @@ def wrappers(folder: Path, log: Path, **bodies: str) -> dict[str, str]:
     return {**os.environ, "PATH": f"{folder}:{os.environ['PATH']}", "CALL_LOG": str(log)}
 
 
+def job_id_of(stderr_lines: list[str]) -> str:
+    """The id in `corral run`'s first line: corral: job ID on BACKEND: ..."""
+    return stderr_lines[0].split()[2]
+
+
 def slurm_jobs_with(job_id: str) -> list[str]:
     out = subprocess.run(["scontrol", "show", "job", "-o"], capture_output=True,
                          text=True).stdout
@@ -240,6 +245,8 @@ def test_run_root_with_a_space_and_percent_works(cluster: object, tmp_path: Path
     assert next(line for _, line in backend.logs(job, rank=0)) == "here"
     batch = list(logs.glob("batch-*.log"))
     assert [p.name for p in batch] == [f"batch-{backend.store.get(job).engine_id}.log"]
+    # corral's home (the job store) sits inside the working directory here: not copied
+    assert not (root / job / "code" / "corral-home").exists()
 
 
 def test_queue_that_smuggles_an_option_is_refused(cluster: object, tmp_path: Path) -> None:
@@ -250,3 +257,24 @@ def test_queue_that_smuggles_an_option_is_refused(cluster: object, tmp_path: Pat
                           capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert done.returncode == 125 and "queue: got 'debug --comment=INJECTED'" in done.stderr
     assert open_store().jobs() == []  # nothing recorded, nothing submitted
+
+
+def test_a_foreground_run_shows_why_its_job_waits(cluster: object, tmp_path: Path) -> None:
+    import signal
+
+    proc = subprocess.Popen([*CORRAL, "run", "--backend", "slurm", "-o",
+                             f"python={sys.executable}", "-o", "partition=tiny", "-o",
+                             "poll_seconds=0.2", "--nodes", "2", "true"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    said = []
+    while not any("PartitionNodeLimit: it can never start" in line for line in said):
+        line = proc.stderr.readline()
+        assert line, "".join(said)
+        said.append(line)
+    assert any(f"{job_id_of(said)} PENDING: PartitionNodeLimit" in line for line in said)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM
+    [job] = open_store().jobs("slurm")
+    assert job.state is JobState.CANCELLED

@@ -267,15 +267,19 @@ class Backend(abc.ABC):
             time.sleep(poll)
 
     def run(
-        self, spec: JobSpec, sink: LineSink | None = None, plan: Plan | None = None
+        self, spec: JobSpec, sink: LineSink | None = None, plan: Plan | None = None,
+        waiting: Callable[[JobStatus], None] | None = None,
     ) -> JobStatus:
         """Submit, stream the ranks' output to ``sink``, and return the final status.
 
-        Ctrl-C (KeyboardInterrupt) cancels the job, then raises KeyboardInterrupt again,
-        so that a loop of runs stops: a foreground run never leaves ranks behind.
+        While the job waits to start, ``waiting`` hears of every change of its state or
+        reason (Slurm's ``Resources``, ``Priority``...). Ctrl-C (KeyboardInterrupt) cancels
+        the job, then raises KeyboardInterrupt again, so that a loop of runs stops: a
+        foreground run never leaves ranks behind.
         """
         ref = self.submit(spec, plan)
         try:
+            self._wait_to_start(ref.job_id, waiting)
             for source, line in self._run_lines(ref.job_id):
                 if sink is not None:
                     sink(source, line)
@@ -283,6 +287,17 @@ class Backend(abc.ABC):
         except KeyboardInterrupt:
             self.cancel(ref.job_id)
             raise
+
+    def _wait_to_start(self, job_id: str, waiting: Callable[[JobStatus], None] | None) -> None:
+        """Until the job runs (or ends): tell ``waiting`` each new state and reason."""
+        shown: tuple[JobState, str] | None = None
+        step = min(max(self.poll_interval, 0.02), 0.5)
+        while (status := self.describe(job_id)).state in (
+                JobState.SUBMITTING, JobState.PENDING, JobState.UNKNOWN):
+            if waiting is not None and (status.state, status.reason) != shown:
+                shown = (status.state, status.reason)
+                waiting(status)
+            time.sleep(step)
 
     def _run_lines(self, job_id: str) -> Iterator[tuple[LogSource, str]]:
         """What a foreground run streams: every rank's lines until the job ends."""

@@ -20,6 +20,7 @@ from corral.errors import SpecError
 from corral.jobfile import entrypoint_fields, read_job_file
 from corral.jobstate import JobState
 from corral.spec import LAUNCHERS, JobSpec
+from corral.status import JobStatus
 
 
 def parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -162,7 +163,8 @@ def run_command(
     received: list[int] = []
     with _signals_as_interrupt(received):
         try:
-            status = engine.run(spec, sink=LinePrinter(spec.procs_per_node), plan=plan)
+            status = engine.run(spec, sink=LinePrinter(spec.procs_per_node), plan=plan,
+                                waiting=_show_waiting)
         except KeyboardInterrupt:
             status = engine.describe(plan.job_id)
             received.append(signal.SIGINT)
@@ -174,6 +176,11 @@ def run_command(
         return 128 + received[0]
     code: int = status.returncode
     return code
+
+
+def _show_waiting(status: JobStatus) -> None:
+    why = f": {printable(status.reason)}" if status.reason else ""
+    click.echo(f"corral: job {status.job_id} {status.state.value}{why}", err=True)
 
 
 @contextmanager

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -198,7 +198,8 @@ class LocalBackend(Backend):
         return str(process.pid)
 
     def run(
-        self, spec: JobSpec, sink: LineSink | None = None, plan: Plan | None = None
+        self, spec: JobSpec, sink: LineSink | None = None, plan: Plan | None = None,
+        waiting: Callable[[JobStatus], None] | None = None,
     ) -> JobStatus:
         """Run in this process until the job ends; Ctrl-C cancels every rank and then
         raises KeyboardInterrupt (so that a sweep loop stops too)."""

@@ -18,7 +18,7 @@ from corral.rundir import new_job_id, runs_root
 from corral.runtime.procs import describe_returncode
 from corral.spec import Function, JobSpec, JobState, Script
 from corral.status import Failure, RankStatus, TaskStatus
-from corral.store import JobRecord, Observation, Store
+from corral.store import JobRecord, Observation, Store, corral_home
 
 from .options import SlurmOptions
 from .render import COMMENT_PREFIX, SlurmPlan, render
@@ -39,6 +39,18 @@ STATES = {
     "FAILED": JobState.FAILED, "NODE_FAIL": JobState.FAILED, "BOOT_FAIL": JobState.FAILED,
     "OUT_OF_MEMORY": JobState.FAILED, "PREEMPTED": JobState.FAILED,  # unless requeued
     "SPECIAL_EXIT": JobState.FAILED, "REVOKED": JobState.FAILED,
+}
+# Pending reasons of a job that will wait forever as it is: say so, and what to change.
+NEVER_STARTS = {
+    "PartitionNodeLimit": "it can never start: it asks for more nodes than the partition "
+                          "allows; cancel it and ask for fewer (or another partition)",
+    "PartitionTimeLimit": "it can never start: its time limit is over the partition's; "
+                          "cancel it and ask for less time",
+    "PartitionConfig": "it can never start in this partition as configured (CPUs, memory "
+                       "or GPUs per node); cancel it and ask for less",
+    "BadConstraints": "it can never start: no node has the features it asks for",
+    "AssocMaxNodesPerJobLimit": "it can never start: more nodes than your account allows",
+    "QOSMaxNodePerJobLimit": "it can never start: more nodes than its QOS allows",
 }
 _SRUN_ERROR = re.compile(
     r"srun: error: (?P<host>\S+): tasks? (?P<tasks>[\d,-]+): (?P<what>Exited with exit code "
@@ -178,7 +190,8 @@ class SlurmBackend(Backend):
         t.make_dirs(f"{plan.run_dir}/logs")  # Slurm opens the batch log there
         if self.options.snapshot:
             snap = snapshot_files(
-                plan.workdir, leave_out=[str(self.root), os.path.dirname(plan.run_dir)],
+                plan.workdir,  # never corral's own home (the job store) nor run dirs
+                leave_out=[str(corral_home()), str(self.root), os.path.dirname(plan.run_dir)],
                 exclude=self.options.snapshot_exclude, max_mb=self.options.snapshot_max_mb)
             for name, why in snap.skipped:
                 sys.stderr.write(f"corral: warning: not copied with the job: {name} ({why})\n")
@@ -270,6 +283,8 @@ class SlurmBackend(Backend):
             state = bad[0] if bad else JobState.SUCCEEDED
         reason = first.get("Reason", "None")
         reason = "" if reason in ("None", "(null)") else reason
+        if state is JobState.PENDING and reason in NEVER_STARTS:
+            reason = f"{reason}: {NEVER_STARTS[reason]}"
         notes: tuple[str, ...] = (f"slurm job {record.engine_id} on {first.get('NodeList', '?')}",)
         started = finished = None
         if state is not JobState.PENDING:

@@ -32,6 +32,7 @@ NODE_ID = shell.ref("SLURM_NODEID")
 MASTER_ADDR = shell.ref("MASTER_ADDR")
 MASTER_PORT = shell.ref("MASTER_PORT")
 LOG_DIR = shell.ref("CORRAL_LOG_DIR")
+SRUN_LOG_DIR = shell.ref("srun_logs")  # the same, with % doubled: srun reads %n, %j ...
 # MASTER_PORT = PORT_BASE + job id % PORT_SPAN: distinct for running jobs, and below Linux's
 # default ephemeral range (32768-60999), so an outgoing connection never holds it.
 PORT_BASE = 10000
@@ -192,6 +193,7 @@ def render(spec: JobSpec, *, job_id: str, run_dir: str, workdir: str,
         f"export CORRAL_LOG_DIR={shell.quote(log_dir)}"
         '"${SLURM_ARRAY_TASK_ID:+/array-$SLURM_ARRAY_TASK_ID}"',
         'mkdir -p "$CORRAL_LOG_DIR"',
+        'srun_logs="${CORRAL_LOG_DIR//%/%%}"',
         'hosts=$(scontrol show hostnames "$SLURM_JOB_NODELIST")',
         'export MASTER_ADDR=$(printf "%s\\n" $hosts | head -n 1)',
         f"export MASTER_PORT=$(( {PORT_BASE} + SLURM_JOB_ID % {PORT_SPAN} ))",
@@ -202,7 +204,7 @@ def render(spec: JobSpec, *, job_id: str, run_dir: str, workdir: str,
     ]
     srun_flags, prefix = _container(spec, options)
     srun = ["srun", "--kill-on-bad-exit=1", f"--ntasks-per-node={tasks_per_node}",
-            f"--output={LOG_DIR}/node-%n.log", *srun_flags]
+            f"--output={SRUN_LOG_DIR}/node-%n.log", *srun_flags]
     if in_allocation_mpirun:
         (proc,) = launch.processes
         argv = [a.replace(ctx.hostfile, "\x00CORRAL_HOSTFILE\x00") for a in proc.argv]
