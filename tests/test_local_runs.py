@@ -11,6 +11,7 @@ import pytest
 from conftest import leftover_processes, read_rank_outputs, require
 from corral.api import submit
 from corral.backends.local import LocalBackend, LocalOptions
+from corral.errors import SubmitError
 from corral.spec import JobSpec, JobState
 
 pytest.importorskip("torch")
@@ -147,3 +148,14 @@ def test_mpich_hydra_2x2_allreduce(programs: Path, tmp_path: Path) -> None:
         assert record["sum"] == 10 and record["mpi_size"] == 4
         assert record["env"]["RANK"] == str(rank) and record["env"]["NODE_RANK"] == str(rank // 2)
     assert "-f" in (Path(status.run_dir or "") / "plan.json").read_text()
+
+
+def test_mpi_that_mpi4py_does_not_load_is_refused_before_starting(programs: Path) -> None:
+    """mpi4py here loads Open MPI; MPICH's hydra would start 4 singletons of size 1."""
+    require(shutil.which("mpiexec.hydra") is not None, "MPICH (mpich) not installed")
+    require(importlib.util.find_spec("mpi4py") is not None, "mpi4py not installed")
+    spec = JobSpec(name="mismatch", entrypoint={"kind": "script", "path": str(
+        programs / "mpi_allreduce.py")}, args=["/nonexistent"], nodes=2, procs_per_node=2,
+        launcher="mpirun", mpi="mpich")
+    with pytest.raises(SubmitError, match=r"mpi4py loads Open MPI, but --mpi mpich"):
+        LocalBackend().render(spec)

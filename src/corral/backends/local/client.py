@@ -65,6 +65,36 @@ def _describe_entry(spec: JobSpec) -> str:
     return f"function {entry.label}"
 
 
+def _check_mpi4py_matches(spec: JobSpec, workdir: str) -> None:
+    """Refuse an MPI launcher that the program's mpi4py would not talk to.
+
+    mpi4py loads whichever MPI library it finds (or ``MPI4PY_MPIABI`` names); started by
+    the other MPI's launcher, every rank runs alone as a singleton of size 1 and the job
+    "succeeds". Asked without initializing MPI, in the job's environment, before anything
+    starts.
+    """
+    from corral.backends.local.preload import imported_roots, program_source
+
+    source = program_source(spec, workdir)
+    if source is None or "mpi4py" not in imported_roots(source):
+        return
+    probe = ("from mpi4py import rc; rc.initialize = rc.finalize = False; "
+             "from mpi4py import MPI; print(MPI.Get_library_version())")
+    try:
+        done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                              timeout=30, env={**os.environ, **spec.env}, cwd=workdir)
+    except (OSError, subprocess.SubprocessError):
+        return  # cannot tell: let the launcher try
+    loaded = "mpich" if "MPICH" in done.stdout else "openmpi" if "Open MPI" in done.stdout else None
+    if loaded is not None and loaded != spec.mpi:
+        names = {"mpich": "MPICH", "openmpi": "Open MPI"}
+        raise SubmitError(
+            f"mpi: the program's mpi4py loads {names[loaded]}, but --mpi {spec.mpi} starts "
+            f"the ranks with {names[spec.mpi]}'s launcher: each rank would run alone (size 1). "
+            f"Use --mpi {loaded}, or point mpi4py at {names[spec.mpi]} (--env "
+            f"MPI4PY_MPIABI={spec.mpi}, and LD_LIBRARY_PATH to its libmpi)")
+
+
 class LocalBackend(Backend):
     name = "local"
     options_type = LocalOptions
@@ -122,6 +152,7 @@ class LocalBackend(Backend):
                 raise SubmitError(
                     f"launcher: {tool!r} is not installed; install it (apt-get install {package})"
                 )
+            _check_mpi4py_matches(spec, workdir)
 
     def render(self, spec: JobSpec, job_id: str | None = None) -> LocalPlan:
         from corral.backends.local.preload import guess_preload

@@ -42,7 +42,8 @@ def imported_roots(source: str) -> set[str]:
     return roots
 
 
-def _source_of(spec: JobSpec, workdir: str) -> str | None:
+def program_source(spec: JobSpec, workdir: str) -> str | None:
+    """The text of the script or module a job runs (None for a command or a function)."""
     entry = spec.entrypoint
     path: str | None = None
     if isinstance(entry, Script):
@@ -66,7 +67,7 @@ def guess_preload(spec: JobSpec, workdir: str) -> tuple[str, ...]:
         return spec.preload
     if isinstance(spec.entrypoint, Function):
         return ()  # unpickling the function imports what it uses
-    source = _source_of(spec, workdir)
+    source = program_source(spec, workdir)
     if source is None:
         return ()
     roots = imported_roots(source)
