@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -89,3 +90,19 @@ def cluster() -> Iterator[object]:
             os.environ[key] = value
     if not os.environ.get("CORRAL_KEEP_SLURM"):
         test_cluster.down()
+
+
+@pytest.fixture
+def leave_nothing() -> Iterator[list[subprocess.Popen[str]]]:
+    """Corral processes a test starts: any still running when the test ends (it failed)
+    gets SIGTERM, so that it cancels its job, then SIGKILL; nothing is left behind."""
+    procs: list[subprocess.Popen[str]] = []
+    yield procs
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()

@@ -162,7 +162,8 @@ def test_attach_gives_a_working_handle_whose_repr_works(programs: Path) -> None:
     assert again.job_id == job_id and again.state is JobState.SUCCEEDED
 
 
-def test_ctrl_c_in_run_cancels_the_job_and_stops_a_sweep(programs: Path) -> None:
+def test_ctrl_c_in_run_cancels_the_job_and_stops_a_sweep(
+        leave_nothing: list, programs: Path) -> None:
     import signal
     import subprocess
     import sys
@@ -171,6 +172,7 @@ def test_ctrl_c_in_run_cancels_the_job_and_stops_a_sweep(programs: Path) -> None
 
     proc = subprocess.Popen([sys.executable, str(programs / "sweep.py")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    leave_nothing.append(proc)  # stopped if the test fails
     assert proc.stdout is not None
     lines = []
     while not any("started" in line for line in lines):

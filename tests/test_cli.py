@@ -123,7 +123,7 @@ def test_help(args: list[str]) -> None:
     assert done.returncode == 0 and "Usage" in done.stdout
 
 
-def test_ctrl_c_stops_every_rank(programs: Path, corral_home: Path) -> None:
+def test_ctrl_c_stops_every_rank(leave_nothing: list, programs: Path, corral_home: Path) -> None:
     import signal
 
     proc = subprocess.Popen(
@@ -131,6 +131,7 @@ def test_ctrl_c_stops_every_rank(programs: Path, corral_home: Path) -> None:
          "--", "none", "-1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env=os.environ.copy(),
     )
+    leave_nothing.append(proc)  # stopped if the test fails
     runs = corral_home / "runs"
     deadline = time.monotonic() + 30
     while not list(runs.glob("*/logs/rank-3.log")) or "started" not in (
@@ -150,13 +151,15 @@ def test_ctrl_c_stops_every_rank(programs: Path, corral_home: Path) -> None:
 
 
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])
-def test_sigterm_and_sighup_act_like_ctrl_c(programs: Path, corral_home: Path, sig: str) -> None:
+def test_sigterm_and_sighup_act_like_ctrl_c(
+        leave_nothing: list, programs: Path, corral_home: Path, sig: str) -> None:
     import signal
 
     number = getattr(signal, sig)
     proc = subprocess.Popen(
         [*CORRAL, "run", "--nodes", "2", str(programs / "misbehave.py"), "--", "none", "-1"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    leave_nothing.append(proc)  # stopped if the test fails
     assert proc.stdout is not None
     started = 0
     while started < 2:

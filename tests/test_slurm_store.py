@@ -211,7 +211,7 @@ def test_array_tasks_have_their_own_state_logs_and_failure(cluster: object) -> N
     assert "task 2: FAILED returncode 7" in shown.stdout and "task 3: SUCCEEDED" in shown.stdout
 
 
-def test_sigterm_to_a_foreground_slurm_run_cancels_the_job(cluster: object,
+def test_sigterm_to_a_foreground_slurm_run_cancels_the_job(leave_nothing: list, cluster: object,
                                                            tmp_path: Path) -> None:
     import signal
 
@@ -219,6 +219,7 @@ def test_sigterm_to_a_foreground_slurm_run_cancels_the_job(cluster: object,
                              f"python={sys.executable}", "-o", "poll_seconds=0.2", "--nodes",
                              "2", "sh", "-c", "echo up; sleep 120"], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    leave_nothing.append(proc)  # stopped if the test fails
     assert proc.stdout is not None
     started = 0
     while started < 2:
@@ -259,13 +260,15 @@ def test_queue_that_smuggles_an_option_is_refused(cluster: object, tmp_path: Pat
     assert open_store().jobs() == []  # nothing recorded, nothing submitted
 
 
-def test_a_foreground_run_shows_why_its_job_waits(cluster: object, tmp_path: Path) -> None:
+def test_a_foreground_run_shows_why_its_job_waits(
+        leave_nothing: list, cluster: object, tmp_path: Path) -> None:
     import signal
 
     proc = subprocess.Popen([*CORRAL, "run", "--backend", "slurm", "-o",
                              f"python={sys.executable}", "-o", "partition=tiny", "-o",
                              "poll_seconds=0.2", "--nodes", "2", "true"], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    leave_nothing.append(proc)  # stopped if the test fails
     assert proc.stderr is not None
     said = []
     while not any("PartitionNodeLimit: it can never start" in line for line in said):
