@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import psutil
 import pytest
@@ -106,3 +107,14 @@ def leave_nothing() -> Iterator[list[subprocess.Popen[str]]]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.communicate()
+
+
+def read_until(stream: IO[str] | None, text: str, count: int = 1) -> list[str]:
+    """Lines of a running process's output until ``count`` of them hold ``text``."""
+    assert stream is not None
+    lines: list[str] = []
+    while sum(text in line for line in lines) < count:
+        line = stream.readline()
+        assert line, "the process ended first: " + "".join(lines)
+        lines.append(line)
+    return lines

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import corral
-from conftest import leftover_processes
+from conftest import leftover_processes, read_until
 from corral.api import JobHandle, submit
 from corral.errors import JobFailed, RankError
 from corral.spec import JobSpec, JobState
@@ -173,12 +173,7 @@ def test_ctrl_c_in_run_cancels_the_job_and_stops_a_sweep(
     proc = subprocess.Popen([sys.executable, str(programs / "sweep.py")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     leave_nothing.append(proc)  # stopped if the test fails
-    assert proc.stdout is not None
-    lines = []
-    while not any("started" in line for line in lines):
-        line = proc.stdout.readline()
-        assert line, proc.stderr.read() if proc.stderr else ""
-        lines.append(line)
+    read_until(proc.stdout, "started")
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 3 and "interrupted during run 0" in out

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import leftover_processes
+from conftest import leftover_processes, read_until
 from corral.spec import JobState
 from corral.store import open_store
 
@@ -160,12 +160,7 @@ def test_sigterm_and_sighup_act_like_ctrl_c(
         [*CORRAL, "run", "--nodes", "2", str(programs / "misbehave.py"), "--", "none", "-1"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
     leave_nothing.append(proc)  # stopped if the test fails
-    assert proc.stdout is not None
-    started = 0
-    while started < 2:
-        line = proc.stdout.readline()
-        assert line, proc.stderr.read() if proc.stderr else ""
-        started += "started" in line
+    read_until(proc.stdout, "started", count=2)
     proc.send_signal(number)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 128 + number, err

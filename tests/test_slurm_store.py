@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import require
+from conftest import read_until, require
 from corral.backends.slurm import SlurmBackend, SlurmOptions
 from corral.spec import JobSpec, JobState
 from corral.store import open_store
@@ -220,12 +220,7 @@ def test_sigterm_to_a_foreground_slurm_run_cancels_the_job(leave_nothing: list, 
                              "2", "sh", "-c", "echo up; sleep 120"], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     leave_nothing.append(proc)  # stopped if the test fails
-    assert proc.stdout is not None
-    started = 0
-    while started < 2:
-        line = proc.stdout.readline()
-        assert line, proc.stderr.read() if proc.stderr else ""
-        started += "up" in line
+    read_until(proc.stdout, "up", count=2)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM, err
@@ -269,12 +264,7 @@ def test_a_foreground_run_shows_why_its_job_waits(
                              "poll_seconds=0.2", "--nodes", "2", "true"], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     leave_nothing.append(proc)  # stopped if the test fails
-    assert proc.stderr is not None
-    said = []
-    while not any("PartitionNodeLimit: it can never start" in line for line in said):
-        line = proc.stderr.readline()
-        assert line, "".join(said)
-        said.append(line)
+    said = read_until(proc.stderr, "PartitionNodeLimit: it can never start")
     assert any(f"{job_id_of(said)} PENDING: PartitionNodeLimit" in line for line in said)
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=60)

@@ -299,13 +299,23 @@ def _record(row: sqlite3.Row) -> JobRecord:
     return record
 
 
+def _code_columns(returncode: int | None) -> dict[str, int | None]:
+    """A subprocess-style return code as the two columns: exit code, or signal number."""
+    if returncode is not None and returncode < 0:
+        return {"exit_code": None, "signal": -returncode}
+    return {"exit_code": returncode, "signal": None}
+
+
+def _returncode(row: sqlite3.Row) -> int | None:
+    if row["exit_code"] is not None:
+        return int(row["exit_code"])
+    return -int(row["signal"]) if row["signal"] is not None else None
+
+
 def _rank(row: sqlite3.Row) -> RankStatus:
-    problems: list[str] = []
-    code = row["exit_code"]
-    if code is None and row["signal"] is not None:
-        code = -int(row["signal"])
     return RankStatus(rank=int(row["rank"]), node=int(row["node"]), pid=row["pid"],
-                      returncode=code, state=_state(row["state"], problems), host=row["host"])
+                      returncode=_returncode(row), state=_state(row["state"], []),
+                      host=row["host"])
 
 
 def _json(value: Any) -> str | None:
@@ -571,45 +581,38 @@ class Store:
         return self.get(job_id), change is not None and change.changed
 
     @staticmethod
-    def _write_ranks(db: sqlite3.Connection, job_id: str, ranks: Sequence[RankStatus]) -> None:
-        for rank in ranks:
-            code = rank.returncode
-            db.execute(
-                "INSERT INTO ranks (job_id, rank, node, host, state, exit_code, signal, pid) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (job_id, rank) DO UPDATE SET "
-                "node = excluded.node, host = excluded.host, state = excluded.state, "
-                "exit_code = excluded.exit_code, signal = excluded.signal, pid = excluded.pid",
-                (job_id, rank.rank, rank.node, rank.host, rank.state.value,
-                 code if code is not None and code >= 0 else None,
-                 -code if code is not None and code < 0 else None, rank.pid),
-            )
+    def _upsert(db: sqlite3.Connection, table: str, keys: tuple[str, ...],
+                row: dict[str, Any]) -> None:
+        """Insert ``row`` into ``table``, or update the row with the same ``keys``."""
+        columns = ", ".join(row)
+        updates = ", ".join(f"{c} = excluded.{c}" for c in row if c not in keys)
+        db.execute(f"INSERT INTO {table} ({columns}) VALUES ({', '.join('?' for _ in row)}) "
+                   f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {updates}",
+                   tuple(row.values()))
 
-    @staticmethod
-    def _write_tasks(db: sqlite3.Connection, job_id: str, tasks: Sequence[TaskStatus]) -> None:
+    @classmethod
+    def _write_ranks(cls, db: sqlite3.Connection, job_id: str,
+                     ranks: Sequence[RankStatus]) -> None:
+        for rank in ranks:
+            cls._upsert(db, "ranks", ("job_id", "rank"), {
+                "job_id": job_id, "rank": rank.rank, "node": rank.node, "host": rank.host,
+                "state": rank.state.value, **_code_columns(rank.returncode), "pid": rank.pid})
+
+    @classmethod
+    def _write_tasks(cls, db: sqlite3.Connection, job_id: str,
+                     tasks: Sequence[TaskStatus]) -> None:
         for task in tasks:
-            code = task.returncode
-            db.execute(
-                "INSERT INTO tasks (job_id, task, state, exit_code, signal, reason, engine_id) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (job_id, task) DO UPDATE SET "
-                "state = excluded.state, exit_code = excluded.exit_code, "
-                "signal = excluded.signal, reason = excluded.reason, "
-                "engine_id = excluded.engine_id",
-                (job_id, task.task, task.state.value,
-                 code if code is not None and code >= 0 else None,
-                 -code if code is not None and code < 0 else None, task.reason, task.engine_id),
-            )
+            cls._upsert(db, "tasks", ("job_id", "task"), {
+                "job_id": job_id, "task": task.task, "state": task.state.value,
+                **_code_columns(task.returncode), "reason": task.reason,
+                "engine_id": task.engine_id})
 
     def tasks(self, job_id: str) -> list[TaskStatus]:
         rows = self._read(lambda db: db.execute(
             "SELECT * FROM tasks WHERE job_id = ? ORDER BY task", (job_id,)).fetchall())
-        found = []
-        for row in rows:
-            code = row["exit_code"] if row["exit_code"] is not None else (
-                -int(row["signal"]) if row["signal"] is not None else None)
-            found.append(TaskStatus(task=int(row["task"]), state=_state(row["state"], []),
-                                    returncode=code, reason=str(row["reason"] or ""),
-                                    engine_id=row["engine_id"]))
-        return found
+        return [TaskStatus(task=int(row["task"]), state=_state(row["state"], []),
+                           returncode=_returncode(row), reason=str(row["reason"] or ""),
+                           engine_id=row["engine_id"]) for row in rows]
 
     def update_ranks(self, job_id: str, ranks: Sequence[RankStatus]) -> None:
         """Record rank details that are not a change of the job's state."""
