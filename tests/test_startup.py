@@ -1,7 +1,7 @@
 """What the corral command imports to start: only what the command uses.
 
 These tests check behaviour, never time (bench/startup.py measures time): ``corral ps``
-reads the job store without pydantic or any backend, ``corral run --dry-run`` on the
+reads the job store without pydantic, rich or any backend, ``corral run --dry-run`` on the
 local backend imports no other backend, and ``corral --help`` lists every command without
 importing them.
 """
@@ -19,11 +19,12 @@ import click
 
 import corral
 from corral.cli import COMMANDS, LazyGroup, cli
+from corral.console import cells
 from corral.jobstate import JobState
 from corral.states import Source
 from corral.store import Observation, open_store
 
-HEAVY_FOR_PS = ("pydantic", "pydantic_core", "importlib.metadata", "corral.spec",
+HEAVY_FOR_PS = ("pydantic", "pydantic_core", "rich", "importlib.metadata", "corral.spec",
                 "corral.backends.base", "corral.backends.local", "corral.backends.slurm",
                 "corral.cli.run")
 NEVER_FOR_LOCAL = ("corral.backends.slurm", "kubernetes", "boto3", "ray", "torch", "rich")
@@ -151,3 +152,5 @@ def test_ps_table_is_escaped_one_line_per_job(corral_home: Path) -> None:
     assert "\x1b" not in done.stdout and len(rows) == 2  # one line per job when piped
     hostile = next(row for row in rows if "hostile" in row)
     assert "we'ird\\nname\\x1b[31m" in hostile and "rank 3 failed: exit code 1" in hostile
+    wide = next(row for row in rows if "wide" in row)  # columns line up on the screen
+    assert cells(wide[:wide.index("local")]) == cells(header[:header.index("BACKEND")])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
@@ -43,3 +44,22 @@ def printable(text: str, limit: int = 300) -> str:
     """Text safe for a terminal: control characters (ANSI escapes, newlines) escaped."""
     shown = _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
     return shown if len(shown) <= limit else shown[:limit - 3] + "..."
+
+
+def cells(text: str) -> int:
+    """Terminal columns ``text`` takes: East Asian wide characters two, combining ones 0."""
+    if text.isascii():
+        return len(text)
+    import unicodedata
+
+    return sum(0 if unicodedata.combining(c) else
+               2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+def columns(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Left-aligned columns two spaces apart, one line per row (the cells must already be
+    printable). Plain text: it starts fast, and scripts can cut it."""
+    widths = [max([cells(h), *(cells(row[i]) for row in rows)]) for i, h in enumerate(headers)]
+    return "".join(
+        "  ".join(v + " " * (w - cells(v)) for v, w in zip(row, widths, strict=True)).rstrip()
+        + "\n" for row in (headers, *rows))

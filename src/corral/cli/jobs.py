@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import click
 
-from corral.console import LinePrinter, printable
+from corral.console import LinePrinter, columns, printable
 from corral.errors import CorralError, JobNotFound
 from corral.jobstate import JobState
 from corral.status import JobStatus
@@ -88,27 +88,17 @@ def ps_command(backend: str | None, show_all: bool, as_json: bool) -> int:
     if as_json:
         click.echo(json.dumps([_record_json(r, problems) for r in records], indent=1))
         return 0
-    from rich.console import Console  # here, not at start-up: only a table needs it
-    from rich.table import Table
-    from rich.text import Text
-
-    table = Table(box=None, header_style="bold")
-    for column in PS_COLUMNS[:-1]:
-        table.add_column(column, no_wrap=True)
-    table.add_column(PS_COLUMNS[-1], overflow="fold")
+    rows = []
     for r in records:
         state, reason = r.state.value, r.reason
         if r.poll_key in problems and not r.state.is_terminal():
             state, reason = JobState.UNKNOWN.value, problems[r.poll_key]
         if r.attempt > 1:
             state += f" (attempt {r.attempt})"
-        table.add_row(*(Text(printable(v, 80)) for v in (
+        rows.append([*(printable(v, 80) for v in (
             r.id, r.name, r.backend, state, f"{r.nodes}x{r.procs_per_node}", _age(r.created))),
-            Text(printable(reason)))
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=200)  # piped: never cut a job id
-    console.print(table)
+            printable(reason)])
+    click.echo(columns(PS_COLUMNS, rows), nl=False)
     return 0
 
 
