@@ -174,3 +174,18 @@ def test_wait_on_a_job_that_hit_its_time_limit_exits_124(programs: Path) -> None
                     "--", "none", "-1").stdout.strip()
     waited = corral("wait", "--timeout", "60", job_id)
     assert waited.returncode == 124 and f"{job_id}: TIMEOUT" in waited.stdout
+
+
+def test_cancel_wait_status_act_on_every_known_id_then_name_the_unknown(
+        programs: Path) -> None:
+    sleepy = corral("run", "--detach", str(programs / "misbehave.py"), "--", "none",
+                    "-1").stdout.strip()
+    done = corral("run", "--detach", "true").stdout.strip()
+    cancelled = corral("cancel", "nope-1", sleepy, "nope-2")
+    assert cancelled.returncode == 125
+    assert f"{sleepy}: CANCELLED" in cancelled.stdout
+    assert "no job 'nope-1', 'nope-2'" in cancelled.stderr
+    waited = corral("wait", done, "nope-3")
+    assert waited.returncode == 125 and f"{done}: SUCCEEDED" in waited.stdout
+    shown = corral("status", "nope-4", done)
+    assert shown.returncode == 125 and "SUCCEEDED" in shown.stdout and "nope-4" in shown.stderr

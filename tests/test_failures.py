@@ -123,3 +123,16 @@ def test_supervisor_crash_leaves_no_orphans_and_is_reported(programs: Path) -> N
     assert "supervisor died" in final.reason, final.reason
     assert not [r for r in final.ranks if r.state in (JobState.RUNNING, JobState.PENDING)]
     assert wait_until(lambda: not leftover_processes(status.run_dir or "", status.job_id), 10)
+
+
+def test_restarts_that_give_up_name_the_first_real_cause(programs: Path) -> None:
+    """torchrun restarts the ranks once; when it gives up, the summary names the rank's own
+    exit code, not an error that a peer hit because of it."""
+    spec = misbehave(programs, "exit3", 1, nodes=2, procs_per_node=1, launcher="torchrun",
+                     max_restarts=1)
+    status = LocalBackend().run(spec)
+    assert status.state is JobState.FAILED
+    assert status.failure is not None
+    assert (status.failure.rank, status.failure.returncode) == (1, 3), status.summary()
+    log = "".join(status.failure.last_lines)
+    assert log.count("about to exit3") == 2  # it did restart once
