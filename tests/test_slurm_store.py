@@ -271,3 +271,15 @@ def test_a_foreground_run_shows_why_its_job_waits(
     assert proc.returncode == 128 + signal.SIGTERM
     [job] = open_store().jobs("slurm")
     assert job.state is JobState.CANCELLED
+
+
+def test_mpirun_inside_the_allocation_runs_as_root_too(cluster: object, tmp_path: Path) -> None:
+    require(os.geteuid() == 0, "this checks the root case")
+    backend = SlurmBackend(SlurmOptions(python=sys.executable, poll_seconds=0.2,
+                                        mpi_mode="mpirun"))
+    spec = JobSpec(name="mpi-root", entrypoint={"kind": "script", "path": str(
+        Path(__file__).parent / "programs" / "mpi_allreduce.py")}, args=[str(tmp_path)],
+        nodes=2, procs_per_node=1, launcher="mpirun", workdir=str(tmp_path))
+    status = backend.wait(backend.submit(spec).job_id, timeout=120)
+    assert status.state is JobState.SUCCEEDED, status.summary()
+    assert len(list(tmp_path.glob("rank-*.json"))) == 2
