@@ -232,3 +232,26 @@ def test_an_older_database_is_migrated_in_place(corral_home: Path) -> None:
     assert store.schema_version == SCHEMA_VERSION
     assert store.get("old").state is JobState.SUCCEEDED
     assert store.status("old").tasks == []  # the table schema 2 added is there
+
+
+def test_a_cancel_during_submission_stops_what_the_engine_accepted(corral_home: Path) -> None:
+    sys.path.insert(0, str(PROGRAMS))
+    from fake_engine import NullBackend
+
+    stopped: list[str | None] = []
+
+    class CancelledMidway(NullBackend):
+        def _launch(self, spec, plan, record):  # type: ignore[no-untyped-def]
+            assert self.cancel(record.id).state is JobState.CANCELLED  # another process
+            return "engine-42"
+
+        def _stop(self, record):  # type: ignore[no-untyped-def]
+            stopped.append(record.engine_id)
+
+    from corral.spec import JobSpec
+
+    backend = CancelledMidway()
+    job = backend.submit(JobSpec(name="x", entrypoint={"kind": "command", "argv": ["true"]}))
+    record = open_store().get(job.job_id)
+    assert record.state is JobState.CANCELLED and record.engine_id == "engine-42"
+    assert stopped == ["engine-42"]  # the job the engine took was cancelled there too

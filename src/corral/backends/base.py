@@ -195,8 +195,11 @@ class Backend(abc.ABC):
             self.store.apply(record.id, Observation(JobState.FAILED, reason,
                                                     finished=time.time()), Source.SUBMIT)
             raise
-        self.store.apply(record.id, Observation(JobState.PENDING), Source.SUBMIT,
-                         engine_id=engine_id, clear_owner=self.clears_owner_after_submit)
+        record, _ = self.store.apply(record.id, Observation(JobState.PENDING), Source.SUBMIT,
+                                     engine_id=engine_id,
+                                     clear_owner=self.clears_owner_after_submit)
+        if record.state is JobState.CANCELLED:  # cancelled while we were submitting it
+            self._stop(record)
         return JobRef(self.name, record.id)
 
     clears_owner_after_submit = True  # the engine owns the job once it has it
@@ -235,6 +238,13 @@ class Backend(abc.ABC):
         """Stop every rank; cancelling a finished job changes nothing (idempotent)."""
         record = self.store.get(job_id)
         if record.state.is_terminal():
+            return self.store.status(job_id)
+        if record.state is JobState.SUBMITTING and record.owner and record.owner.alive():
+            # Its submitter is calling the engine right now: the cancel is recorded, and
+            # the submitter stops whatever the engine accepted (see submit).
+            self.store.apply(job_id, Observation(
+                JobState.CANCELLED, "cancelled while being submitted", finished=time.time()),
+                Source.USER)
             return self.store.status(job_id)
         if record.state is JobState.SUBMITTING or (record.engine_id is None and (
                 not record.owner or not record.owner.alive())):
