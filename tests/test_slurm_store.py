@@ -16,6 +16,7 @@ import pytest
 from conftest import read_until, require
 from corral.backends.slurm import SlurmBackend, SlurmOptions
 from corral.spec import JobSpec, JobState
+from corral.status import JobStatus
 from corral.store import open_store
 
 pytestmark = pytest.mark.slurm
@@ -32,6 +33,21 @@ def wrappers(folder: Path, log: Path, **bodies: str) -> dict[str, str]:
         script.write_text(f"#!/bin/sh\nREAL={real}\n{body}\n")
         script.chmod(0o755)
     return {**os.environ, "PATH": f"{folder}:{os.environ['PATH']}", "CALL_LOG": str(log)}
+
+
+def through_the_requeue(backend: SlurmBackend, job: str, slurm_id: str) -> JobStatus:
+    """Follow a requeued job to its end. Slurm holds a requeued job back for a while
+    (Reason=BeginTime); an administrator may let it start at once, which this does."""
+    deadline = time.monotonic() + 240
+    released = False
+    while not (status := backend.describe(job)).state.is_terminal():
+        assert time.monotonic() < deadline, status.summary()
+        if status.attempt >= 2 and status.reason == "BeginTime" and not released:
+            subprocess.run(["scontrol", "update", f"JobId={slurm_id}", "StartTime=now"],
+                           check=True, capture_output=True)
+            released = True
+        time.sleep(0.2)
+    return status
 
 
 def job_id_of(stderr_lines: list[str]) -> str:
@@ -119,17 +135,7 @@ def test_engine_requeue_is_followed(cluster: object, tmp_path: Path) -> None:
         time.sleep(0.2)
     slurm_id = backend.store.get(job).engine_id
     subprocess.run(["scontrol", "requeue", str(slurm_id)], check=True, capture_output=True)
-    # Slurm holds a requeued job back (Reason=BeginTime) for a while; an administrator
-    # may let it start at once, which is what this does.
-    deadline = time.monotonic() + 60
-    while (status := backend.describe(job)).attempt < 2 or status.reason != "BeginTime":
-        assert time.monotonic() < deadline, status.summary()
-        assert status.state is not JobState.RUNNING or status.attempt == 1, status.summary()
-        time.sleep(0.1)
-    assert status.state is JobState.PENDING
-    subprocess.run(["scontrol", "update", f"JobId={slurm_id}", "StartTime=now"], check=True,
-                   capture_output=True)
-    status = backend.wait(job, timeout=120)
+    status = through_the_requeue(backend, job, str(slurm_id))
     assert status.state is JobState.SUCCEEDED, status.summary()
     assert status.attempt == 2 and "(attempt 2)" in status.summary()
     moves = [(e.to_state, e.attempt) for e in backend.store.events(job)]
@@ -164,17 +170,11 @@ def test_node_failure_mid_job(cluster: object, tmp_path: Path, requeue: bool) ->
             assert "NODE_FAIL" in status.reason and victim in status.reason, status.reason
             assert status.failure is not None and status.failure.node == 1
             return
-        deadline = time.monotonic() + 150
-        while (status := backend.describe(job)).attempt < 2 or status.state is not (
-                JobState.PENDING):
-            assert time.monotonic() < deadline, status.summary()
-            assert not status.state.is_terminal(), status.summary()  # never a final FAILED
-            time.sleep(0.5)
-        if status.reason == "BeginTime":  # Slurm holds requeued jobs back a while
-            subprocess.run(["scontrol", "update", f"JobId={slurm_id}", "StartTime=now"],
-                           check=True, capture_output=True)
-        status = backend.wait(job, timeout=120)
+        status = through_the_requeue(backend, job, str(slurm_id))
+        # never a final FAILED: the requeued job ran again and succeeded
         assert status.state is JobState.SUCCEEDED and status.attempt == 2, status.summary()
+        moves = [(e.to_state, e.attempt) for e in backend.store.events(job)]
+        assert ("PENDING", 2) in moves and JobState.FAILED.value not in {m for m, _ in moves}
     finally:
         cluster.restore_node(victim)  # type: ignore[attr-defined]
 
