@@ -635,6 +635,10 @@ class Store:
         """True if it is this process's turn to ask the engine behind ``key`` (at most once
         per ``interval`` seconds, across every corral process on this machine)."""
         now = time.time()
+        seen = self._read(lambda db: db.execute(
+            "SELECT last FROM polls WHERE key = ?", (key,)).fetchone())
+        if seen is not None and now - float(seen["last"]) < interval:
+            return False  # not our turn: decided without taking the write lock
         with self._write() as db:
             row = db.execute("SELECT last FROM polls WHERE key = ?", (key,)).fetchone()
             if row is not None and now - float(row["last"]) < interval:

@@ -38,6 +38,9 @@ if TYPE_CHECKING:  # the spec (pydantic) is imported by whoever builds one
     from corral.spec import JobSpec
 
 LineSink = Callable[[LogSource, str], None]
+# How often a waiter reads the store. Cheap: the engine itself is asked at most once per
+# poll_interval, by whichever process's turn it is (corral.watcher).
+READ_STEP = 0.05
 
 
 @dataclass(frozen=True)
@@ -227,7 +230,7 @@ class Backend(abc.ABC):
              poll: float | None = None) -> JobStatus:
         """Block until the job ends or ``timeout`` seconds pass; return its status."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        step = min(max(self.poll_interval, 0.02), 0.5) if poll is None else poll
+        step = READ_STEP if poll is None else poll
         while not (status := self.describe(job_id)).state.is_terminal():
             if deadline is not None and time.monotonic() >= deadline:
                 break
@@ -301,13 +304,12 @@ class Backend(abc.ABC):
     def _wait_to_start(self, job_id: str, waiting: Callable[[JobStatus], None] | None) -> None:
         """Until the job runs (or ends): tell ``waiting`` each new state and reason."""
         shown: tuple[JobState, str] | None = None
-        step = min(max(self.poll_interval, 0.02), 0.5)
         while (status := self.describe(job_id)).state in (
                 JobState.SUBMITTING, JobState.PENDING, JobState.UNKNOWN):
             if waiting is not None and (status.state, status.reason) != shown:
                 shown = (status.state, status.reason)
                 waiting(status)
-            time.sleep(step)
+            time.sleep(READ_STEP)
 
     def _run_lines(self, job_id: str) -> Iterator[tuple[LogSource, str]]:
         """What a foreground run streams: every rank's lines until the job ends."""

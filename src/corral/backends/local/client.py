@@ -101,7 +101,9 @@ class LocalBackend(Backend):
     capabilities = Capabilities(
         gang=True, logs=True, follow=True, elastic=True, queues=False, arrays=False
     )
-    poll_interval = 0.0  # describing a local job asks no engine: it checks a process
+    # Describing a local job asks no engine (its supervisor writes the store); the watcher
+    # only checks that the supervisor lives, at most this often.
+    poll_interval = 0.2
     clears_owner_after_submit = False  # the supervisor owns the job while it runs
 
     def __init__(self, options: LocalOptions | None = None, root: Path | None = None,
