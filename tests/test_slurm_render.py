@@ -273,3 +273,18 @@ def test_time_limit_that_slurm_rounds_is_reported() -> None:
 def test_a_users_thread_count_is_kept_on_slurm() -> None:
     text = script(spec("none", env={"OMP_NUM_THREADS": "3"}))
     assert "export OMP_NUM_THREADS=3\n" in text and "SLURM_CPUS_ON_NODE" not in text
+
+
+@pytest.mark.parametrize("slurm_state", ["COMPLETING", "FAILED", "CANCELLED", "REQUEUED"])
+def test_what_slurm_shows_as_it_requeues_is_the_new_attempt_waiting(slurm_state: str) -> None:
+    from corral.backends.slurm import SlurmBackend
+    from corral.spec import JobState
+    from corral.store import JobRecord
+
+    record = JobRecord(id="j-1", name="j", user="u", backend="slurm", poll_key="k",
+                       state=JobState.RUNNING, reason="", attempt=1, created=0.0,
+                       updated=0.0, engine_id="41", nodes=1, procs_per_node=1)
+    [job] = parse_scontrol(f"JobId=41 JobName=j JobState={slurm_state} Reason=None "
+                           "Requeue=1 Restarts=1 ExitCode=0:15 NodeList=node1")
+    seen = SlurmBackend(SlurmOptions())._observe(record, [job])
+    assert (seen.state, seen.engine_attempt) == (JobState.PENDING, 2)

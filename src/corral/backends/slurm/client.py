@@ -271,10 +271,12 @@ class SlurmBackend(Backend):
         restarts = first.get("Restarts")
         attempt = int(restarts) + 1 if restarts and restarts.isdigit() else None
         requeueing = attempt is not None and attempt > record.attempt
-        # A requeued job first shows COMPLETING (its old processes are being cleaned up):
-        # for the new attempt that is still waiting, not running.
-        states = [JobState.PENDING if requeueing and j.get("JobState") == "COMPLETING"
-                  else self._state(j) for j in jobs]
+        # When Slurm counts a restart, what it shows of the job still belongs to the attempt
+        # that ended: COMPLETING while its processes are cleaned up, even FAILED for a
+        # moment. The new attempt is waiting; the next look gives its own state.
+        states = [JobState.PENDING if requeueing and (
+            j.get("JobState") == "COMPLETING" or self._state(j).is_terminal())
+            else self._state(j) for j in jobs]
         bad = [s for s in states if s not in (JobState.SUCCEEDED, JobState.PENDING,
                                               JobState.RUNNING)]
         if any(s in (JobState.PENDING, JobState.RUNNING) for s in states):
