@@ -51,7 +51,6 @@ class Change:
     requeued: bool = False
 
 
-ACTIVE = frozenset({JobState.PENDING, JobState.RUNNING})
 _FROM_SUBMITTING = frozenset(JobState) - {JobState.SUBMITTING}
 
 

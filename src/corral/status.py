@@ -119,15 +119,3 @@ class JobStatus:
         for task in data["tasks"]:
             task["state"] = task["state"].value
         return data
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> JobStatus:
-        data = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        data["state"] = JobState(data["state"])
-        data["ranks"] = [
-            RankStatus(**{**r, "state": JobState(r["state"])}) for r in data.get("ranks", [])
-        ]
-        if data.get("failure"):
-            data["failure"] = Failure(**data["failure"])
-        return cls(**data)
-

@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 
 from corral.errors import BackendError, JobNotFound
 from corral.jobstate import JobState
-from corral.states import Source, transition
+from corral.states import IllegalTransition, Source, transition
 from corral.status import Failure, JobStatus, RankStatus, TaskStatus
 
 SCHEMA_VERSION = 2
@@ -531,17 +531,11 @@ class Store:
         """
         now = time.time()
         with self._write() as db:
-            row = db.execute("SELECT state, attempt, reason FROM jobs WHERE id = ?",
+            row = db.execute("SELECT state, attempt FROM jobs WHERE id = ?",
                              (job_id,)).fetchone()
             if row is None:
                 raise JobNotFound(f"no job {job_id!r} in {str(self.path)!r}")
-            try:
-                current = JobState(row["state"])
-            except ValueError:
-                current = JobState.UNKNOWN
-            attempt = int(row["attempt"])
-            from corral.states import IllegalTransition
-
+            current, attempt = _state(row["state"], []), int(row["attempt"])
             try:
                 change = transition(current, attempt, observed.state, observed.engine_attempt)
             except IllegalTransition:

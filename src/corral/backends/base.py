@@ -193,10 +193,7 @@ class Backend(abc.ABC):
         try:
             engine_id = self._launch(spec, plan, record)
         except BaseException as exc:
-            reason = f"submission failed: {exc}" if isinstance(exc, CorralError) else (
-                f"submission interrupted ({type(exc).__name__})")
-            self.store.apply(record.id, Observation(JobState.FAILED, reason,
-                                                    finished=time.time()), Source.SUBMIT)
+            self._submission_failed(record, exc)
             raise
         record, _ = self.store.apply(record.id, Observation(JobState.PENDING), Source.SUBMIT,
                                      engine_id=engine_id,
@@ -206,6 +203,13 @@ class Backend(abc.ABC):
         return JobRef(self.name, record.id)
 
     clears_owner_after_submit = True  # the engine owns the job once it has it
+
+    def _submission_failed(self, record: JobRecord, exc: BaseException) -> None:
+        """Nothing (more) will run: record the job FAILED, saying why."""
+        reason = f"submission failed: {exc}" if isinstance(exc, CorralError) else (
+            f"submission interrupted ({type(exc).__name__})")
+        self.store.apply(record.id, Observation(JobState.FAILED, reason, finished=time.time()),
+                         Source.SUBMIT)
 
     def refresh(self, force: bool = False) -> None:
         from corral.watcher import refresh

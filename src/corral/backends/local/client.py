@@ -120,9 +120,6 @@ class LocalBackend(Backend):
     def cancel_grace(self) -> float:  # type: ignore[override]
         return self.options.grace_seconds + 5.0
 
-    def options_data(self) -> dict[str, Any] | None:
-        return None  # one engine, this machine, whatever the options
-
     def record_details(self, spec: JobSpec, plan: Plan) -> dict[str, Any]:
         return {"entrypoint": _describe_entry(spec), "args": list(spec.args),
                 "workdir": getattr(plan, "workdir", None), "grace": self.options.grace_seconds}
@@ -244,9 +241,7 @@ class LocalBackend(Backend):
         try:
             run = self._prepare(spec, local_plan)
         except BaseException as exc:
-            self.store.apply(record.id, Observation(
-                JobState.FAILED, f"submission failed: {exc}", finished=time.time()),
-                Source.SUBMIT)
+            self._submission_failed(record, exc)
             raise
         supervisor = Supervisor(
             run=run, store=self.store, job_id=record.id, plan=local_plan.to_json(),

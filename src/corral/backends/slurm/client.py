@@ -271,12 +271,13 @@ class SlurmBackend(Backend):
         restarts = first.get("Restarts")
         attempt = int(restarts) + 1 if restarts and restarts.isdigit() else None
         requeueing = attempt is not None and attempt > record.attempt
-        # When Slurm counts a restart, what it shows of the job still belongs to the attempt
-        # that ended: COMPLETING while its processes are cleaned up, even FAILED for a
-        # moment. The new attempt is waiting; the next look gives its own state.
-        states = [JobState.PENDING if requeueing and (
-            j.get("JobState") == "COMPLETING" or self._state(j).is_terminal())
-            else self._state(j) for j in jobs]
+        states = [self._state(j) for j in jobs]
+        if requeueing:
+            # When Slurm counts a restart, what it shows still belongs to the attempt that
+            # ended: COMPLETING while its processes are cleaned up, even FAILED for a
+            # moment. The new attempt is waiting; the next look gives its own state.
+            states = [JobState.PENDING if s.is_terminal() or j.get("JobState") == "COMPLETING"
+                      else s for j, s in zip(jobs, states, strict=True)]
         bad = [s for s in states if s not in (JobState.SUCCEEDED, JobState.PENDING,
                                               JobState.RUNNING)]
         if any(s in (JobState.PENDING, JobState.RUNNING) for s in states):
