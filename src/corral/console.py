@@ -63,3 +63,8 @@ def columns(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "".join(
         "  ".join(v + " " * (w - cells(v)) for v, w in zip(row, widths, strict=True)).rstrip()
         + "\n" for row in (headers, *rows))
+
+
+def printable_lines(text: str) -> str:
+    """Several lines (a job's summary), each made printable; the line breaks kept."""
+    return "\n".join(printable(line, 2000) for line in text.splitlines())

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import click
 
-from corral.console import LinePrinter, columns, printable
+from corral.console import LinePrinter, columns, printable, printable_lines
 from corral.errors import CorralError, JobNotFound
 from corral.jobstate import JobState
 from corral.status import JobStatus
@@ -136,7 +136,7 @@ def status_command(job_ids: tuple[str, ...], as_json: bool) -> int:
             data["events"] = [e.__dict__ for e in open_store().events(job_id)]
             click.echo(json.dumps(data, indent=1))
             return status
-        click.echo("\n".join(printable(line, 10_000) for line in status.summary().splitlines()))
+        click.echo(printable_lines(status.summary()))
         for rank in status.ranks:
             code = "" if rank.returncode is None else f" returncode {rank.returncode}"
             host = f" ({printable(rank.host, 60)})" if rank.host else ""

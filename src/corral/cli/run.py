@@ -15,7 +15,7 @@ import click
 
 from corral.backends import configured_backend
 from corral.config import backend_defaults
-from corral.console import LinePrinter, printable
+from corral.console import LinePrinter, printable, printable_lines
 from corral.errors import SpecError
 from corral.jobfile import entrypoint_fields, read_job_file
 from corral.jobstate import JobState
@@ -168,7 +168,7 @@ def run_command(
         except KeyboardInterrupt:
             status = engine.describe(plan.job_id)
             received.append(signal.SIGINT)
-    text = "\n".join(printable(line, 2000) for line in status.summary().splitlines())
+    text = printable_lines(status.summary())
     if sys.stderr.isatty():
         text = click.style(text, fg="green" if status.state is JobState.SUCCEEDED else "red")
     click.echo(text, err=True)
