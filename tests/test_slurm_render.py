@@ -214,7 +214,7 @@ def test_cli_dry_run_prints_the_script_without_a_cluster(tmp_path: object) -> No
 def test_snapshot_is_git_aware(tmp_path: object) -> None:
     from pathlib import Path
 
-    from corral.backends.slurm.snapshot import snapshot_files
+    from corral.snapshot import snapshot_files
 
     repo = Path(str(tmp_path))
     (repo / "pkg").mkdir()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from corral.backends.slurm.snapshot import snapshot_files
+from corral.snapshot import snapshot_files
 from corral.errors import SubmitError
 
 

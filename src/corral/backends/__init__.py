@@ -23,6 +23,7 @@ ENTRY_POINT_GROUP = "corral.backends"
 BUILTIN: dict[str, str] = {
     "local": "corral.backends.local:LocalBackend",
     "slurm": "corral.backends.slurm:SlurmBackend",
+    "kubernetes": "corral.backends.kubernetes:KubernetesBackend",
 }
 
 
@@ -83,6 +84,16 @@ def backend_options(name: str, values: dict[str, Any]) -> Any:
     return options_type(**values)
 
 
+def list_options(name: str) -> frozenset[str]:
+    """The names of a backend's list-valued options (``-o KEY=V`` once still gives a list)."""
+    import typing
+
+    options_type = getattr(backend_class(name), "options_type", None)
+    fields = getattr(options_type, "model_fields", None) or {}
+    return frozenset(key for key, info in fields.items()
+                     if typing.get_origin(info.annotation) in (tuple, list))
+
+
 def configured_backend(name: str, values: dict[str, Any]) -> Backend:
     """A backend with its options built from plain values (``-o``, corral.toml)."""
     options = backend_options(name, values)
@@ -102,4 +113,4 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = ["BUILTIN", "Backend", "Capabilities", "JobRef", "available", "backend_class",
-           "backend_for_job", "configured_backend", "get_backend"]
+           "backend_for_job", "configured_backend", "get_backend", "list_options"]

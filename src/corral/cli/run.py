@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from corral.backends import configured_backend
+from corral.backends import configured_backend, list_options
 from corral.config import backend_defaults
 from corral.console import LinePrinter, printable, printable_lines
 from corral.errors import SpecError
@@ -40,8 +40,9 @@ def _option_value(text: str) -> Any:
         return text
 
 
-def parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
-    """``-o partition=gpu -o extra_sbatch=--mail-type=END -o exclusive=true``."""
+def parse_options(pairs: tuple[str, ...], lists: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """``-o partition=gpu -o extra_sbatch=--mail-type=END -o exclusive=true``: a key
+    repeated, or one of ``lists`` (the backend's list-valued options), gives a list."""
     values: dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
@@ -51,7 +52,7 @@ def parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
         if key in values:
             previous = values[key]
             values[key] = [*previous, value] if isinstance(previous, list) else [previous, value]
-        elif key in ("extra_sbatch", "container_mounts", "snapshot_exclude"):
+        elif key in lists:
             values[key] = [value]
         else:
             values[key] = value
@@ -92,6 +93,9 @@ def entry_from_command(command: tuple[str, ...], module: str | None) -> dict[str
 @click.option("--cpus", type=float, help="CPUs per node.")
 @click.option("--memory", help="Memory per node, e.g. 8G.")
 @click.option("--gpus", type=int, help="GPUs per node.")
+@click.option("--image", help="Container image (Kubernetes; Slurm with a container runtime).")
+@click.option("--queue", help="Queue: a Slurm partition, a Volcano queue, a Kueue LocalQueue.")
+@click.option("--priority", type=int, help="Priority within the queue (-1000 to 1000).")
 @click.option("--workdir", type=click.Path(file_okay=False), help="Working directory.")
 @click.option("-m", "--module", help="Run a Python module (like python -m).")
 @click.option("--no-fork", is_flag=True, help="Start every rank with a fresh interpreter.")
@@ -103,8 +107,8 @@ def run_command(
     nodes: int | None, procs_per_node: int | None, launcher: str | None, mpi: str | None,
     env_pairs: tuple[str, ...],
     time_limit: str | None, max_restarts: int | None, cpus: float | None,
-    memory: str | None, gpus: int | None, workdir: str | None, module: str | None,
-    no_fork: bool, dry_run: bool, detach: bool, command: tuple[str, ...],
+    memory: str | None, gpus: int | None, image: str | None, queue: str | None,
+    priority: int | None, workdir: str | None, module: str | None, no_fork: bool, dry_run: bool, detach: bool, command: tuple[str, ...],
 ) -> int:
     """Run SCRIPT_OR_CMD [-- ARGS...] as a job.
 
@@ -132,6 +136,7 @@ def run_command(
         "name": name, "nodes": nodes, "procs_per_node": procs_per_node, "launcher": launcher,
         "mpi": mpi,
         "time_limit": time_limit, "max_restarts": max_restarts, "workdir": workdir,
+        "image": image, "queue": queue, "priority": priority,
     }
     fields.update({k: v for k, v in flags.items() if v is not None})
     if env_pairs:
@@ -146,7 +151,8 @@ def run_command(
         raise SpecError([("mpi", mpi, "--mpi chooses the MPI of --launcher mpirun; add "
                           "--launcher mpirun, or leave --mpi out")])
     spec = JobSpec(**fields)
-    values = {**backend_defaults(backend), **parse_options(option_pairs)}
+    values = {**backend_defaults(backend),
+              **parse_options(option_pairs, list_options(backend))}
     if no_fork:
         values["fork"] = False
     engine = configured_backend(backend, values)

@@ -16,13 +16,13 @@ from corral.launchers.failures import parse_torchrun
 from corral.logs import LogFollower, LogSource
 from corral.rundir import new_job_id, runs_root
 from corral.runtime.procs import describe_returncode
+from corral.snapshot import snapshot_files
 from corral.spec import Function, JobSpec, JobState, Script
 from corral.status import Failure, RankStatus, TaskStatus
 from corral.store import JobRecord, Observation, Store, corral_home
 
 from .options import SlurmOptions
 from .render import COMMENT_PREFIX, SlurmPlan, render
-from .snapshot import snapshot_files
 from .transport import LocalTransport, SshTransport, Transport
 
 # Slurm's job states -> corral's. COMPLETING still has processes to clean up.

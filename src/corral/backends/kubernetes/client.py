@@ -1,0 +1,567 @@
+"""The Kubernetes backend: create the job's objects, watch them, read pod logs, delete.
+
+One look at the cluster per poll interval answers every unfinished job of a namespace:
+one list of corral's pods and one list of corral's workloads (per flavour in use), plus,
+only while some job waits, one list of Volcano PodGroups or Kueue Workloads for the
+reason it waits. A failed job's pod log is read once, to name the rank that failed first.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from corral.backends.base import Backend, Capabilities, JobRef, Plan
+from corral.errors import BackendError, SubmitError
+from corral.launchers.failures import parse_torchrun
+from corral.logs import LogSource
+from corral.rundir import new_job_id
+from corral.runtime.procs import describe_returncode
+from corral.spec import Function, JobSpec, JobState, Script
+from corral.status import Failure, RankStatus
+from corral.store import JobRecord, Observation, Store
+
+from .api import KINDS, ApiError, Kind, KubeApi, resolve_kubeconfig
+from .options import KubernetesOptions
+from .package import pack
+from .render import JOB_ID_ANNOTATION, JOB_LABEL, SELECTOR, WORKLOADS, KubePlan, render
+
+POD = KINDS[("v1", "Pod")]
+CONFIG_MAP = KINDS[("v1", "ConfigMap")]
+SERVICE = KINDS[("v1", "Service")]
+PODGROUP = KINDS[("scheduling.volcano.sh/v1beta1", "PodGroup")]
+KUEUE_WORKLOAD = KINDS[("kueue.x-k8s.io/v1beta2", "Workload")]
+WORKLOAD_KINDS = {flavour: KINDS[key] for flavour, key in WORKLOADS.items()}
+INDEX_KEYS = ("batch.kubernetes.io/job-completion-index", "volcano.sh/task-index")
+# A pod's own lines in its log, as corral.runtime.pod writes them.
+LOG_LINE = re.compile(r"^\[(rank|node|corral|result) ?(\d*)\] ?(.*)$")
+EXIT_LINE = re.compile(r"^(?:rank (\d+)|the launcher of node \d+) exited with code (-?\d+) "
+                       r"at ([\d.]+)")
+WAITING_TROUBLE = ("ImagePullBackOff", "ErrImagePull", "CrashLoopBackOff", "InvalidImageName",
+                   "CreateContainerConfigError", "CreateContainerError")
+MISSING_GRACE = 30.0  # a workload not seen this long after submission is lost
+
+
+def _time(text: str | None) -> float | None:
+    if not text:
+        return None
+    try:
+        return time.mktime(time.strptime(text, "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
+    except ValueError:
+        return None
+
+
+def _conditions(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c.get("type", ""): c for c in (obj.get("status") or {}).get("conditions") or []}
+
+
+def pod_index(pod: dict[str, Any]) -> int | None:
+    """The node a pod runs, from its workload controller's annotation or label."""
+    meta = pod.get("metadata", {})
+    for source in (meta.get("annotations") or {}, meta.get("labels") or {}):
+        for key in INDEX_KEYS:
+            value = source.get(key)
+            if value is not None and str(value).isdigit():
+                return int(value)
+    return None
+
+
+def _terminated(pod: dict[str, Any]) -> dict[str, Any] | None:
+    for status in (pod.get("status") or {}).get("containerStatuses") or []:
+        if status.get("name") == "main" and "terminated" in (status.get("state") or {}):
+            found: dict[str, Any] = status["state"]["terminated"]
+            return found
+    return None
+
+
+def _waiting(pod: dict[str, Any]) -> tuple[str, str] | None:
+    for status in (pod.get("status") or {}).get("containerStatuses") or []:
+        waiting = (status.get("state") or {}).get("waiting")
+        if waiting and waiting.get("reason") in WAITING_TROUBLE:
+            return waiting["reason"], waiting.get("message", "")
+    return None
+
+
+def parse_pod_log(lines: Sequence[str], pod_node: int) -> Iterator[tuple[LogSource, str]]:
+    """A pod's log as (source, line): ``[rank N]`` lines belong to rank N; ``[node N]`` and
+    ``[corral]`` lines to the node; results and unlabelled lines are not shown."""
+    for line in lines:
+        match = LOG_LINE.match(line)
+        if not match or match.group(1) == "result":
+            continue
+        kind, number, text = match.groups()
+        if kind == "rank":
+            yield LogSource("rank", int(number)), text
+        else:
+            yield LogSource("node", int(number) if number else pod_node), text
+
+
+def first_exit(lines: Sequence[str], pod_node: int) -> tuple[float, int | None, int] | None:
+    """(when, rank or None for a launcher, exit code) of the first failure a pod reported."""
+    for source, text in parse_pod_log(lines, pod_node):
+        match = EXIT_LINE.match(text) if source.kind == "node" else None
+        if match:
+            rank = int(match.group(1)) if match.group(1) else None
+            return float(match.group(3)), rank, int(match.group(2))
+    return None
+
+
+class KubernetesBackend(Backend):
+    name = "kubernetes"
+    options_type = KubernetesOptions
+    capabilities = Capabilities(
+        gang=True, logs=True, follow=True, elastic=True, queues=True, arrays=False)
+    cancel_grace = 60.0
+
+    def __init__(self, options: KubernetesOptions | None = None, api: KubeApi | None = None,
+                 store: Store | None = None) -> None:
+        super().__init__(store)
+        self.options = options or KubernetesOptions()
+        self._api = api
+
+    @property
+    def api(self) -> KubeApi:
+        if self._api is None:
+            self._api = KubeApi(self.options.kubeconfig, self.options.context)
+        return self._api
+
+    @property
+    def poll_interval(self) -> float:  # type: ignore[override]
+        return self.options.poll_seconds
+
+    @property
+    def namespace(self) -> str:
+        return self.options.namespace
+
+    def options_data(self) -> dict[str, Any]:
+        data: dict[str, Any] = self.options.model_dump(mode="json")
+        data["kubeconfig"] = resolve_kubeconfig(self.options.kubeconfig)  # for later readers
+        return data
+
+    def engine_address(self) -> dict[str, Any]:
+        return {"kubeconfig": resolve_kubeconfig(self.options.kubeconfig),
+                "context": self.options.context, "namespace": self.namespace}
+
+    # -- render / submit ------------------------------------------------------------------
+
+    def render(self, spec: JobSpec, job_id: str | None = None) -> KubePlan:
+        job_id = job_id or new_job_id(spec.name)
+        workdir = os.path.abspath(spec.workdir or os.getcwd())
+        return render(spec, job_id=job_id, options=self.options, local_workdir=workdir)
+
+    def record_details(self, spec: JobSpec, plan: Plan) -> dict[str, Any]:
+        assert isinstance(plan, KubePlan)
+        return {"namespace": plan.namespace, "name": plan.name, "flavour": plan.flavour}
+
+    def submit(self, spec: JobSpec, plan: Plan | None = None) -> JobRef:
+        kube_plan = self.render(spec) if plan is None else plan
+        if not isinstance(kube_plan, KubePlan):
+            raise SubmitError(f"the kubernetes backend cannot submit a "
+                              f"{type(kube_plan).__name__}")
+        entry = spec.entrypoint
+        if kube_plan.package:
+            if not os.path.isdir(kube_plan.workdir):
+                raise SubmitError(f"workdir: {kube_plan.workdir!r} is not a directory")
+            if isinstance(entry, Script) and not entry.path.startswith("/") and not (
+                    os.path.isfile(os.path.join(kube_plan.workdir, entry.path))):
+                raise SubmitError(f"entrypoint: script {entry.path!r} not found in "
+                                  f"{kube_plan.workdir}; nothing was submitted")
+        for warning in kube_plan.warnings:
+            sys.stderr.write(f"corral: warning: {warning}\n")
+        return super().submit(spec, kube_plan)
+
+    def _config_map(self, spec: JobSpec, plan: KubePlan) -> dict[str, Any]:
+        """The job's ConfigMap with its binary parts: the code package, a function."""
+        import base64
+
+        config_map = dict(plan.config_map)
+        binary: dict[str, str] = {}
+        if plan.package:
+            data, skipped = pack(plan.workdir, exclude=self.options.package_exclude,
+                                 max_kb=self.options.package_max_kb)
+            for name, why in skipped:
+                sys.stderr.write(f"corral: warning: not shipped with the job: {name} ({why})\n")
+            binary["code.tar.gz"] = base64.b64encode(data).decode()
+        if isinstance(spec.entrypoint, Function):
+            from corral.runtime.call import dump_payload
+
+            entry = spec.entrypoint
+            binary["function.pkl"] = base64.b64encode(dump_payload(
+                entry.fn, entry.call_args, dict(entry.call_kwargs))).decode()
+        size = sum(len(v) for v in binary.values()) + len(str(config_map.get("data")))
+        if size > self.options.package_max_kb * 1024:
+            raise SubmitError(
+                f"the job's ConfigMap would hold {size // 1024} KiB (code package and "
+                f"function), over package_max_kb={self.options.package_max_kb} (Kubernetes "
+                "keeps objects under 1 MiB): leave files out with -o package_exclude=GLOB, "
+                "or put the code in the image with -o code=image")
+        if binary:
+            config_map["binaryData"] = binary
+        return config_map
+
+    def _launch(self, spec: JobSpec, plan: Plan, record: JobRecord) -> str | None:
+        assert isinstance(plan, KubePlan)
+        api = self.api
+        created: list[tuple[Kind, str]] = []
+        try:
+            for manifest in (self._config_map(spec, plan), *plan.manifests[1:]):
+                kind = KINDS[(manifest["apiVersion"], manifest["kind"])]
+                obj = api.create(manifest)
+                created.append((kind, obj["metadata"]["name"]))
+            owner = {"apiVersion": obj["apiVersion"], "kind": obj["kind"],
+                     "name": obj["metadata"]["name"], "uid": obj["metadata"]["uid"],
+                     "blockOwnerDeletion": False}
+            for kind, name in created[:-1]:  # deleted with the workload
+                api.patch(kind, plan.namespace, name,
+                          {"metadata": {"ownerReferences": [owner]}})
+        except BaseException as exc:
+            for kind, name in reversed(created):  # nothing half-submitted stays
+                try:
+                    api.delete(kind, plan.namespace, name, propagation="Background")
+                except BackendError:
+                    pass
+            if isinstance(exc, ApiError):
+                raise SubmitError(str(exc)) from None
+            raise
+        return plan.name
+
+    # -- describe -------------------------------------------------------------------------
+
+    def _flavour(self, record: JobRecord) -> str:
+        return str((record.details or {}).get("flavour") or self.options.flavour)
+
+    def describe_many(self, records: Sequence[JobRecord]) -> dict[str, Observation]:
+        named = {r.engine_id: r for r in records if r.engine_id}
+        if not named:
+            return {}
+        api = self.api
+        pods: dict[str, list[dict[str, Any]]] = {}
+        for pod in api.list(POD, self.namespace, SELECTOR):
+            job = (pod["metadata"].get("labels") or {}).get(JOB_LABEL, "")
+            pods.setdefault(job, []).append(pod)
+        workloads: dict[str, dict[str, Any]] = {}
+        for flavour in sorted({self._flavour(r) for r in named.values()}):
+            for obj in api.list(WORKLOAD_KINDS[flavour], self.namespace, SELECTOR):
+                workloads[obj["metadata"]["name"]] = obj
+        waiting = [n for n, r in named.items() if n in workloads and not any(
+            (p.get("status") or {}).get("phase") in ("Running", "Succeeded", "Failed")
+            for p in pods.get(n, []))]
+        reasons = self._queue_reasons(waiting, named) if waiting else {}
+        found: dict[str, Observation] = {}
+        for name, record in named.items():
+            workload = workloads.get(name)
+            if workload is None:
+                if api.get(WORKLOAD_KINDS[self._flavour(record)], self.namespace, name):
+                    continue  # created after our list: next time
+                if time.time() - record.created > MISSING_GRACE or record.started:
+                    found[record.id] = Observation(
+                        JobState.CANCELLED,
+                        f"its {WORKLOADS[self._flavour(record)][1]} {self.namespace}/{name} "
+                        "was deleted from the cluster", finished=time.time())
+                continue
+            found[record.id] = self._observe(record, workload, pods.get(name, []),
+                                             reasons.get(name, ""))
+        return found
+
+    def _queue_reasons(self, names: list[str], named: dict[str, JobRecord]) -> dict[str, str]:
+        """Why waiting jobs wait: Volcano PodGroup conditions, Kueue Workload conditions."""
+        reasons: dict[str, str] = {}
+        flavours = {self._flavour(named[n]) for n in names}
+        try:
+            if "volcano" in flavours:
+                for group in self.api.list(PODGROUP, self.namespace):
+                    owner = next((o["name"] for o in group["metadata"].get(
+                        "ownerReferences") or [] if o.get("kind") == "Job"), None)
+                    if owner in names:
+                        reasons[owner] = self._podgroup_reason(group)
+            if flavours & {"jobset", "job"}:
+                for wl in self.api.list(KUEUE_WORKLOAD, self.namespace):
+                    owner = next((o["name"] for o in wl["metadata"].get(
+                        "ownerReferences") or []), None)
+                    if owner in names:
+                        reasons[owner] = self._kueue_reason(wl)
+        except ApiError as exc:  # no Kueue or Volcano here: no queue reasons
+            if exc.status not in (403, 404):
+                raise
+        return reasons
+
+    @staticmethod
+    def _podgroup_reason(group: dict[str, Any]) -> str:
+        status = group.get("status") or {}
+        phase = status.get("phase", "")
+        conditions = _conditions(group)
+        unschedulable = conditions.get("Unschedulable")
+        if unschedulable and unschedulable.get("status") == "True":
+            return (f"Volcano: pod group {phase or 'Pending'}, unschedulable: "
+                    f"{unschedulable.get('message') or unschedulable.get('reason', '')}")
+        return f"Volcano: pod group {phase}" if phase else ""
+
+    @staticmethod
+    def _kueue_reason(workload: dict[str, Any]) -> str:
+        conditions = _conditions(workload)
+        admitted = conditions.get("Admitted", {})
+        if admitted.get("status") == "True":
+            return "Kueue: admitted"
+        reserved = conditions.get("QuotaReserved", {})
+        message = reserved.get("message") or admitted.get("message") or ""
+        queue_name = (workload.get("spec") or {}).get("queueName", "")
+        return (f"Kueue: waiting in queue {queue_name}: {message}" if message
+                else f"Kueue: waiting for admission in queue {queue_name}")
+
+    def _workload_state(self, flavour: str, workload: dict[str, Any]) -> tuple[JobState | None,
+                                                                               str]:
+        """A final (or suspended) state from the workload itself; None while it runs."""
+        status = workload.get("status") or {}
+        conditions = _conditions(workload)
+        if flavour == "volcano":
+            phase = (status.get("state") or {}).get("phase", "")
+            if phase == "Completed":
+                return JobState.SUCCEEDED, ""
+            if phase in ("Failed", "Terminated"):
+                return JobState.FAILED, f"Volcano job {phase}"
+            if phase == "Aborted":
+                return JobState.CANCELLED, "aborted in Volcano"
+            return None, ""
+        done = [t for t in ("Complete", "Completed", "Failed") if conditions.get(
+            t, {}).get("status") == "True"]
+        if done:
+            condition = conditions[done[0]]
+            if done[0] != "Failed":
+                return JobState.SUCCEEDED, ""
+            if condition.get("reason") == "DeadlineExceeded" or "DeadlineExceeded" in str(
+                    condition.get("message", "")):
+                return JobState.TIMEOUT, "time limit reached (activeDeadlineSeconds)"
+            return JobState.FAILED, str(condition.get("message") or condition.get("reason")
+                                        or "failed")
+        if (workload.get("spec") or {}).get("suspend"):
+            return JobState.PENDING, "suspended (waiting for Kueue to admit it)"
+        return None, ""
+
+    def _observe(self, record: JobRecord, workload: dict[str, Any],
+                 pods: list[dict[str, Any]], queue_reason: str) -> Observation:
+        flavour = self._flavour(record)
+        by_node: dict[int, dict[str, Any]] = {}
+        for pod in sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp", "")):
+            index = pod_index(pod)
+            if index is not None:
+                by_node[index] = pod  # the newest pod of each node
+        phases = {i: (p.get("status") or {}).get("phase", "Pending") for i, p in by_node.items()}
+        state, reason = self._workload_state(flavour, workload)
+        deleting = workload["metadata"].get("deletionTimestamp")
+        if state is None or state is JobState.PENDING:
+            started_any = any(ph in ("Running", "Succeeded", "Failed") for ph in phases.values())
+            state = JobState.RUNNING if started_any else JobState.PENDING
+            if state is JobState.PENDING:
+                reason = queue_reason or reason or self._pending_reason(by_node, record.nodes)
+            trouble = next((w for p in by_node.values() if (w := _waiting(p))), None)
+            if trouble:
+                reason = f"{trouble[0]}: {trouble[1]}".rstrip(": ")
+            if deleting:
+                reason = "being deleted: waiting for its pods to stop"
+        started = min((t for p in by_node.values() if (t := _time(
+            (p.get("status") or {}).get("startTime")))), default=None)
+        if state is not JobState.PENDING:
+            started = started or record.started or time.time()
+        failure = None
+        finished = None
+        if state.is_terminal():
+            finished = time.time()
+            if state is JobState.FAILED:
+                failure = self._attribute_failure(record, by_node, reason)
+                reason = failure.describe()
+            elif state is JobState.TIMEOUT:
+                failure = None
+        notes = (f"{workload['kind']} {self.namespace}/{workload['metadata']['name']}",
+                 *(f"node {i}: pod {p['metadata']['name']} on "
+                   f"{(p.get('spec') or {}).get('nodeName') or '(not scheduled)'}: {phases[i]}"
+                   for i, p in sorted(by_node.items())))
+        return Observation(state, reason, started=started, finished=finished,
+                           failure=failure, notes=notes,
+                           ranks=self._ranks(record, state, by_node, failure))
+
+    @staticmethod
+    def _pending_reason(by_node: dict[int, dict[str, Any]], nodes: int) -> str:
+        for pod in by_node.values():
+            scheduled = _conditions(pod).get("PodScheduled", {})
+            if scheduled.get("status") == "False":
+                return (f"{scheduled.get('reason', 'Unschedulable')}: "
+                        f"{scheduled.get('message', '')}").rstrip(": ")
+        if len(by_node) < nodes:
+            return f"{len(by_node)} of {nodes} pods created"
+        return ""
+
+    def _ranks(self, record: JobRecord, state: JobState, by_node: dict[int, dict[str, Any]],
+               failure: Failure | None) -> tuple[RankStatus, ...]:
+        per_node = record.procs_per_node
+        ranks = []
+        for rank in range(record.nodes * per_node):
+            node = rank // per_node
+            pod = by_node.get(node)
+            host = (pod.get("spec") or {}).get("nodeName") if pod else None
+            phase = (pod.get("status") or {}).get("phase") if pod else None
+            rank_state = {"Running": JobState.RUNNING, "Succeeded": JobState.SUCCEEDED,
+                          "Failed": JobState.FAILED}.get(phase or "", JobState.PENDING)
+            if state.is_terminal() and rank_state in (JobState.PENDING, JobState.RUNNING):
+                rank_state = JobState.CANCELLED if state is not JobState.SUCCEEDED else state
+            code = None
+            if failure is not None and failure.rank is not None:
+                if rank == failure.rank:
+                    rank_state, code = JobState.FAILED, failure.returncode
+                elif rank_state is JobState.FAILED:
+                    rank_state = JobState.CANCELLED  # stopped because another rank failed
+            elif rank_state is JobState.SUCCEEDED:
+                code = 0
+            ranks.append(RankStatus(rank=rank, node=node, host=host, state=rank_state,
+                                    returncode=code))
+        return tuple(ranks)
+
+    def _attribute_failure(self, record: JobRecord, by_node: dict[int, dict[str, Any]],
+                           reason: str) -> Failure:
+        """The rank that failed first, its pod and its node, from the failed pods' logs."""
+        failed = sorted((t.get("finishedAt") or "", i, p) for i, p in by_node.items()
+                        if (t := _terminated(p)) and t.get("exitCode"))
+        if not failed:
+            return Failure(node=0, rank=None, returncode=None, reason=reason or "failed",
+                           time=time.time())
+        logs = {node: self._log_tail(pod) for _, node, pod in failed}
+        exits = [(found, node) for _, node, _ in failed
+                 if (found := first_exit(logs[node], node)) is not None]
+        node = min(exits)[1] if exits else failed[0][1]  # the earliest exit of all
+        pod, lines = by_node[node], logs[node]
+        terminated = _terminated(pod) or {}
+        rank, code = None, int(terminated.get("exitCode") or 1)
+        if exits:
+            (_, rank, code), _ = min(exits)
+        if record.launcher in ("torchrun", "deepspeed"):  # the launcher names the rank
+            inner = parse_torchrun("\n".join(
+                t for s, t in parse_pod_log(lines, node) if s.kind == "node"))
+            if inner is not None:
+                rank, code = inner.rank, inner.returncode
+        why = terminated.get("reason", "")
+        cause = (f"{why} {terminated.get('message', '')}".strip()
+                 if why in ("OOMKilled", "DeadlineExceeded", "Evicted")
+                 else describe_returncode(code))
+        host = (pod.get("spec") or {}).get("nodeName") or "?"
+        own = [t for s, t in parse_pod_log(lines, node)
+               if rank is None or (s.kind == "rank" and s.number == rank)]
+        return Failure(node=node, rank=rank, returncode=code,
+                       reason=f"{cause} (pod {pod['metadata']['name']} on node {host})",
+                       last_lines=own[-20:], time=time.time(),
+                       log=f"corral logs {record.id}" + (f" --rank {rank}" if rank is not None
+                                                         else ""))
+
+    def _log_tail(self, pod: dict[str, Any]) -> list[str]:
+        try:
+            return list(self.api.log_lines(self.namespace, pod["metadata"]["name"], tail=400))
+        except BackendError:
+            return []
+
+    def find_submitted(self, records: Sequence[JobRecord]) -> dict[str, str]:
+        wanted = {r.id for r in records}
+        found: dict[str, str] = {}
+        for flavour in sorted({self._flavour(r) for r in records}):
+            for obj in self.api.list(WORKLOAD_KINDS[flavour], self.namespace, SELECTOR):
+                job_id = (obj["metadata"].get("annotations") or {}).get(JOB_ID_ANNOTATION)
+                if job_id in wanted:
+                    found[job_id] = obj["metadata"]["name"]
+        return found
+
+    # -- logs, results, cancel ------------------------------------------------------------
+
+    def _pods_by_node(self, record: JobRecord) -> dict[int, dict[str, Any]]:
+        name = record.engine_id or ""
+        by_node: dict[int, dict[str, Any]] = {}
+        pods = self.api.list(POD, self.namespace, f"{SELECTOR},{JOB_LABEL}={name}")
+        for pod in sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp", "")):
+            index = pod_index(pod)
+            if index is not None:
+                by_node[index] = pod
+        return by_node
+
+    def logs(self, job_id: str, rank: int | None = None, follow: bool = False
+             ) -> Iterator[tuple[LogSource, str]]:
+        """Every rank's lines (or one rank's), from the pods' logs, labelled."""
+        record = self.store.get(job_id)
+        self.check_rank(record, rank)
+        nodes = [rank // record.procs_per_node] if rank is not None else list(
+            range(record.nodes))
+        return self._pod_logs(record, nodes, rank, follow)
+
+    def _pod_logs(self, record: JobRecord, nodes: list[int], rank: int | None,
+                  follow: bool) -> Iterator[tuple[LogSource, str]]:
+        wanted = (lambda s: s.kind == "rank" and s.number == rank) if rank is not None else (
+            lambda s: True)
+        if not follow:
+            by_node = self._pods_by_node(record)
+            for node in nodes:
+                pod = by_node.get(node)
+                if pod is None or (pod.get("status") or {}).get("phase") == "Pending":
+                    continue
+                lines = self.api.log_lines(self.namespace, pod["metadata"]["name"])
+                for source, text in parse_pod_log(list(lines), node):
+                    if wanted(source):
+                        yield source, text
+            return
+        found: queue.Queue[tuple[LogSource, str] | None] = queue.Queue()
+        readers = [threading.Thread(target=self._follow_pod, args=(record, node, found),
+                                    daemon=True) for node in nodes]
+        for reader in readers:
+            reader.start()
+        open_readers = len(readers)
+        while open_readers:
+            item = found.get()
+            if item is None:
+                open_readers -= 1
+            elif wanted(item[0]):
+                yield item
+
+    def _follow_pod(self, record: JobRecord, node: int,
+                    out: queue.Queue[tuple[LogSource, str] | None]) -> None:
+        """One pod's lines until its container ends; waits for it to start first."""
+        try:
+            while True:
+                pod = self._pods_by_node(record).get(node)
+                phase = (pod.get("status") or {}).get("phase") if pod else None
+                if pod is not None and phase != "Pending":
+                    break
+                if self.describe(record.id).state.is_terminal():
+                    return
+                time.sleep(max(self.poll_interval, 0.2))
+            name = pod["metadata"]["name"]
+            for line in self.api.log_lines(self.namespace, name, follow=True):
+                for source, text in parse_pod_log([line], node):
+                    out.put((source, text))
+        except BackendError as exc:
+            out.put((LogSource("node", node), f"corral: cannot read the log: {exc}"))
+        finally:
+            out.put(None)
+
+    def read_result(self, job_id: str, rank: int) -> bytes | None:
+        """A distributed function's result: the ``[result N]`` line of its pod's log."""
+        import base64
+
+        record = self.store.get(job_id)
+        pod = self._pods_by_node(record).get(rank // record.procs_per_node)
+        if pod is None:
+            return None
+        marker = f"[result {rank}] "
+        for line in self.api.log_lines(self.namespace, pod["metadata"]["name"]):
+            if line.startswith(marker):
+                return base64.b64decode(line[len(marker):])
+        return None
+
+    def _stop(self, record: JobRecord) -> None:
+        name = record.engine_id or self.find_submitted([record]).get(record.id)
+        if name is not None:
+            self.api.delete(WORKLOAD_KINDS[self._flavour(record)], self.namespace, name)
+
+    def info(self) -> dict[str, Any]:
+        return {**super().info(), "flavour": self.options.flavour,
+                "namespace": self.namespace}
+

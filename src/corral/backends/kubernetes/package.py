@@ -1,0 +1,42 @@
+"""The code package: the working directory as a gzipped tar, shipped in the job's ConfigMap.
+
+The same files as a Slurm snapshot (:mod:`corral.snapshot`: git's view of the tree, or
+everything but caches and virtual environments). Kubernetes keeps an object under 1 MiB,
+so the package is for code, not data: a larger one is refused, saying what to leave out.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from collections.abc import Sequence
+
+from corral.errors import SubmitError
+from corral.snapshot import snapshot_files
+from corral.store import corral_home
+
+
+def pack(workdir: str, *, exclude: Sequence[str] = (), max_kb: int = 900
+         ) -> tuple[bytes, list[tuple[str, str]]]:
+    """(the package, files left out with why). Same bytes for the same files."""
+    snap = snapshot_files(workdir, leave_out=[str(corral_home())], exclude=exclude)
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=6) as archive:
+        for name in snap.files:
+            with open(os.path.join(workdir, name), "rb") as handle:  # a link: its target
+                info = archive.gettarinfo(arcname=name, fileobj=handle)
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                info.mtime = 0  # reproducible: the package depends on the contents only
+                archive.addfile(info, handle)
+    data = buffer.getvalue()
+    if len(data) > max_kb * 1024:
+        sizes = sorted(snap.files, key=lambda f: os.path.getsize(os.path.join(workdir, f)))
+        raise SubmitError(
+            f"the code package of {workdir} is {len(data) // 1024} KiB compressed "
+            f"({len(snap.files)} files, {snap.size // 1024} KiB), over the limit of "
+            f"{max_kb} KiB that a ConfigMap can carry (largest: {', '.join(sizes[-3:])}); "
+            "leave data and outputs out with .gitignore or -o package_exclude='data/*', or "
+            "build the code into the image and use -o code=image")
+    return data, list(snap.skipped)

@@ -1,0 +1,183 @@
+"""What every pod of a Kubernetes job runs: ``python3 -m corral.runtime.pod PLAN.json``.
+
+The plan (rendered on the submitting machine, shipped in the job's ConfigMap) holds the
+processes of every node; this pod is node ``$<node_rank_env>`` (``JOB_COMPLETION_INDEX``
+for Jobs and JobSets, ``VK_TASK_INDEX`` for Volcano). The entry point:
+
+1. unpacks the code package (``code.tar.gz``) into the working directory, when shipped;
+2. writes the files the launcher needs (a hostfile) and a function job's payload;
+3. starts corral's node agent (:mod:`corral.runtime.node`) for this node;
+4. relays every rank's log file to the pod's output, each line labelled ``[rank N] `` (the
+   node agent's and the launcher's own lines ``[node N] ``), and the agent's events as
+   ``[corral] `` lines, so that the pod log — the only log Kubernetes keeps — tells the ranks
+   apart and says which rank failed first;
+5. after the ranks end, prints a distributed function's results as ``[result N] <base64>``
+   lines, and exits with the first failing rank's code.
+
+SIGTERM (the pod being deleted) is passed to the node agent, which stops every rank within
+the plan's grace period. Standard library only, like the node agent.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from pathlib import Path
+from typing import IO, Any
+
+LOG_NAME = re.compile(r"^(rank|node)-(\d+)\.log$")
+LINE = re.compile(r"^\[(rank|node|corral|result) ?(\d*)\] ?(.*)$")
+RELAY_STEP = 0.1
+
+
+def node_rank(plan: dict[str, Any], env: dict[str, str]) -> int:
+    """This pod's node, from the variable the workload controller sets."""
+    name = plan["node_rank_env"]
+    value = env.get(name, "")
+    if not value.isdigit() or int(value) >= len(plan["nodes"]):
+        raise SystemExit(f"corral: ${name} is {value!r}; expected a node number below "
+                         f"{len(plan['nodes'])} (is this pod part of the job's workload?)")
+    return int(value)
+
+
+def unpack(package: str, workdir: str) -> None:
+    """The code package into the working directory (paths cannot leave it)."""
+    os.makedirs(workdir, exist_ok=True)
+    with tarfile.open(package, "r:gz") as archive:
+        if hasattr(tarfile, "data_filter"):  # Python 3.10.12+, 3.11.4+
+            archive.extractall(workdir, filter="data")
+            return
+        root = os.path.realpath(workdir)
+        for member in archive.getmembers():
+            target = os.path.realpath(os.path.join(root, member.name))
+            if not (member.isfile() or member.isdir()) or not target.startswith(root + os.sep):
+                raise SystemExit(f"corral: the code package holds {member.name!r}, which "
+                                 "would land outside the working directory")
+        archive.extractall(root)
+
+
+class Relay:
+    """Copies new complete lines of every log file in a directory to ``out``, labelled."""
+
+    def __init__(self, log_dir: str, out: IO[str]) -> None:
+        self.log_dir = log_dir
+        self.out = out
+        self.offsets: dict[str, int] = {}
+        self.partial: dict[str, bytes] = {}
+        self.lock = threading.Lock()
+
+    def poll(self, final: bool = False) -> None:
+        with self.lock:
+            try:
+                names = sorted(os.listdir(self.log_dir))
+            except FileNotFoundError:
+                return
+            for name in names:
+                match = LOG_NAME.match(name)
+                if match:
+                    self._copy(name, f"[{match.group(1)} {match.group(2)}] ", final)
+            self.out.flush()
+
+    def _copy(self, name: str, label: str, final: bool) -> None:
+        try:
+            with open(os.path.join(self.log_dir, name), "rb") as handle:
+                handle.seek(self.offsets.get(name, 0))
+                data = handle.read()
+        except FileNotFoundError:
+            return
+        self.offsets[name] = self.offsets.get(name, 0) + len(data)
+        data = self.partial.pop(name, b"") + data
+        lines = data.split(b"\n")
+        rest = lines.pop()
+        if rest and final:
+            lines.append(rest)
+        elif rest:
+            self.partial[name] = rest
+        for line in lines:
+            self.out.write(label + line.decode("utf-8", errors="replace") + "\n")
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.wait(RELAY_STEP):
+            self.poll()
+
+
+def say(out: IO[str], text: str) -> None:
+    out.write(f"[corral] {text}\n")
+    out.flush()
+
+
+def results(run_dir: str, out: IO[str]) -> None:
+    """A distributed function's per-rank results, as lines the backend reads back."""
+    folder = Path(run_dir, "results")
+    for path in sorted(folder.glob("rank-*.pkl")) if folder.is_dir() else []:
+        rank = path.stem.split("-")[1]
+        out.write(f"[result {rank}] {base64.b64encode(path.read_bytes()).decode()}\n")
+    out.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    with open(args[0], encoding="utf-8") as handle:
+        plan = json.load(handle)
+    out = sys.stdout
+    rank = node_rank(plan, dict(os.environ))
+    node = plan["nodes"][rank]
+    run_dir, log_dir, workdir = plan["run_dir"], plan["log_dir"], plan["workdir"]
+    for folder in (run_dir, log_dir, workdir):
+        os.makedirs(folder, exist_ok=True)
+    package = os.path.join(os.path.dirname(os.path.abspath(args[0])), "code.tar.gz")
+    if plan.get("package") and os.path.exists(package):
+        unpack(package, workdir)
+    payload = os.path.join(os.path.dirname(os.path.abspath(args[0])), "function.pkl")
+    if os.path.exists(payload):
+        Path(run_dir, "function.pkl").write_bytes(Path(payload).read_bytes())
+    for path, text in node.get("files", {}).items():
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(text, encoding="utf-8")
+    node_plan = os.path.join(run_dir, f"node-{rank}.json")
+    Path(node_plan).write_text(json.dumps({**node, "log_dir": log_dir,
+                                           "grace": plan.get("grace", 10)}), encoding="utf-8")
+    say(out, f"node {rank} of {len(plan['nodes'])} on {os.uname().nodename}: starting "
+        f"{len(node['processes'])} process(es)")
+    with open(os.path.join(log_dir, f"node-{rank}.log"), "ab") as node_log:
+        agent = subprocess.Popen(
+            [sys.executable, "-m", "corral.runtime.node", node_plan], cwd=workdir,
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=node_log, text=True)
+    signal.signal(signal.SIGTERM, lambda *_: agent.send_signal(signal.SIGTERM))
+    signal.signal(signal.SIGINT, lambda *_: agent.send_signal(signal.SIGTERM))
+    relay = Relay(log_dir, out)
+    stop = threading.Event()
+    relaying = threading.Thread(target=relay.run, args=(stop,), daemon=True)
+    relaying.start()
+    assert agent.stdout is not None
+    first_failure: dict[str, Any] | None = None
+    for line in agent.stdout:
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if event.get("event") == "exited" and event.get("returncode") and not first_failure:
+            first_failure = event
+            relay.poll()  # its last lines before the news of its exit
+            who = (f"rank {event['rank']}" if event.get("rank") is not None
+                   else f"the launcher of node {rank}")
+            say(out, f"{who} exited with code {event['returncode']} at {time.time():.3f}")
+    code = agent.wait()
+    stop.set()
+    relaying.join()
+    relay.poll(final=True)
+    results(run_dir, out)
+    say(out, f"node {rank} done: exit code {code}")
+    return code if 0 <= code < 256 else 128 + signal.SIGTERM
+
+
+if __name__ == "__main__":
+    sys.exit(main())
