@@ -108,7 +108,8 @@ def run_command(
     env_pairs: tuple[str, ...],
     time_limit: str | None, max_restarts: int | None, cpus: float | None,
     memory: str | None, gpus: int | None, image: str | None, queue: str | None,
-    priority: int | None, workdir: str | None, module: str | None, no_fork: bool, dry_run: bool, detach: bool, command: tuple[str, ...],
+    priority: int | None, workdir: str | None, module: str | None, no_fork: bool,
+    dry_run: bool, detach: bool, command: tuple[str, ...],
 ) -> int:
     """Run SCRIPT_OR_CMD [-- ARGS...] as a job.
 
