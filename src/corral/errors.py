@@ -35,11 +35,11 @@ class CorralError(Exception):
 class SpecError(CorralError, ValueError):
     """A job spec is invalid. ``problems`` lists (field, value, accepted) triples."""
 
-    def __init__(self, problems: list[tuple[str, Any, str]]) -> None:
+    def __init__(self, problems: list[tuple[str, Any, str]], what: str = "job spec") -> None:
         self.problems = problems
         lines = [f"  {field}: got {value!r}; {accepted}" for field, value, accepted in problems]
         noun = "field" if len(problems) == 1 else "fields"
-        super().__init__(f"invalid job spec ({len(problems)} {noun}):\n" + "\n".join(lines))
+        super().__init__(f"invalid {what} ({len(problems)} {noun}):\n" + "\n".join(lines))
 
 
 class JobFileError(CorralError):

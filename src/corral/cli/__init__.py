@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                "Stop every rank of each job (a finished job is left as it is)."),
     "wait": ("corral.cli.jobs", "wait_command",
              "Wait for jobs to end; exit 0 only if all succeeded."),
+    "k8s": ("corral.cli.k8s", "k8s_group", "Kubernetes helpers: queues."),
 }
 
 
