@@ -344,3 +344,35 @@ def test_pod_entry_refuses_a_pod_outside_the_plan(tmp_path: Path) -> None:
                           env={**os.environ, "JOB_COMPLETION_INDEX": "5"},
                           capture_output=True, text=True, timeout=30, check=False)
     assert done.returncode != 0 and "JOB_COMPLETION_INDEX is '5'" in done.stderr
+
+
+# -- queues ----------------------------------------------------------------------------------------
+
+def test_queue_manifests_are_valid_for_their_crds() -> None:
+    from corral.backends.kubernetes.queues import QueueSpec, kueue_queue, volcano_queue
+
+    queue = QueueSpec(name="team-a", weight=3, cpu="8", memory="32Gi", gpus=2)
+    volcano = volcano_queue(queue)
+    check_against_crd(volcano, CRDS / "volcano" / "scheduling.volcano.sh_queues.yaml", "v1beta1")
+    assert volcano["spec"]["weight"] == 3
+    assert volcano["spec"]["capability"] == {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": "2"}
+    files = {"ResourceFlavor": "kueue.x-k8s.io_resourceflavors.yaml",
+             "ClusterQueue": "kueue.x-k8s.io_clusterqueues.yaml",
+             "LocalQueue": "kueue.x-k8s.io_localqueues.yaml"}
+    manifests = kueue_queue(queue)
+    assert [m["kind"] for m in manifests] == list(files)
+    for manifest in manifests:
+        check_against_crd(manifest, CRDS / "kueue" / files[manifest["kind"]], "v1beta2")
+    cluster_queue = manifests[1]["spec"]
+    assert cluster_queue["fairSharing"] == {"weight": "3"}
+    quota = cluster_queue["resourceGroups"][0]["flavors"][0]["resources"]
+    assert {r["name"]: r["nominalQuota"] for r in quota} == {
+        "cpu": "8", "memory": "32Gi", "nvidia.com/gpu": "2"}
+
+
+def test_bad_queue_fields_are_named() -> None:
+    from corral.backends.kubernetes.queues import QueueSpec
+
+    with pytest.raises(SpecError) as caught:
+        QueueSpec(name="Team_A", weight=0, cpu="lots")
+    assert {p[0] for p in caught.value.problems} == {"name", "weight", "cpu"}
