@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from corral.backends.kubernetes.client import first_exit, parse_pod_log, pod_index
+from corral.backends.kubernetes.observe import first_exit, parse_pod_log, pod_index
 from corral.backends.kubernetes.options import KubernetesOptions
 from corral.backends.kubernetes.package import pack
 from corral.backends.kubernetes.render import object_name, pod_host, render

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import queue
-import re
 import sys
 import threading
 import time
@@ -28,6 +27,18 @@ from corral.status import Failure, RankStatus
 from corral.store import JobRecord, Observation, Store
 
 from .api import KINDS, ApiError, Kind, KubeApi, resolve_kubeconfig
+from .observe import (
+    first_exit,
+    kueue_reason,
+    parse_pod_log,
+    pending_reason,
+    pod_index,
+    podgroup_reason,
+    start_time,
+    terminated,
+    waiting_trouble,
+    workload_state,
+)
 from .options import KubernetesOptions
 from .package import pack
 from .render import JOB_ID_ANNOTATION, JOB_LABEL, SELECTOR, WORKLOADS, KubePlan, render
@@ -38,78 +49,7 @@ SERVICE = KINDS[("v1", "Service")]
 PODGROUP = KINDS[("scheduling.volcano.sh/v1beta1", "PodGroup")]
 KUEUE_WORKLOAD = KINDS[("kueue.x-k8s.io/v1beta2", "Workload")]
 WORKLOAD_KINDS = {flavour: KINDS[key] for flavour, key in WORKLOADS.items()}
-INDEX_KEYS = ("batch.kubernetes.io/job-completion-index", "volcano.sh/task-index")
-# A pod's own lines in its log, as corral.runtime.pod writes them.
-LOG_LINE = re.compile(r"^\[(rank|node|corral|result) ?(\d*)\] ?(.*)$")
-EXIT_LINE = re.compile(r"^(?:rank (\d+)|the launcher of node \d+) exited with code (-?\d+) "
-                       r"at ([\d.]+)")
-WAITING_TROUBLE = ("ImagePullBackOff", "ErrImagePull", "CrashLoopBackOff", "InvalidImageName",
-                   "CreateContainerConfigError", "CreateContainerError")
 MISSING_GRACE = 30.0  # a workload not seen this long after submission is lost
-
-
-def _time(text: str | None) -> float | None:
-    if not text:
-        return None
-    try:
-        return time.mktime(time.strptime(text, "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
-    except ValueError:
-        return None
-
-
-def _conditions(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {c.get("type", ""): c for c in (obj.get("status") or {}).get("conditions") or []}
-
-
-def pod_index(pod: dict[str, Any]) -> int | None:
-    """The node a pod runs, from its workload controller's annotation or label."""
-    meta = pod.get("metadata", {})
-    for source in (meta.get("annotations") or {}, meta.get("labels") or {}):
-        for key in INDEX_KEYS:
-            value = source.get(key)
-            if value is not None and str(value).isdigit():
-                return int(value)
-    return None
-
-
-def _terminated(pod: dict[str, Any]) -> dict[str, Any] | None:
-    for status in (pod.get("status") or {}).get("containerStatuses") or []:
-        if status.get("name") == "main" and "terminated" in (status.get("state") or {}):
-            found: dict[str, Any] = status["state"]["terminated"]
-            return found
-    return None
-
-
-def _waiting(pod: dict[str, Any]) -> tuple[str, str] | None:
-    for status in (pod.get("status") or {}).get("containerStatuses") or []:
-        waiting = (status.get("state") or {}).get("waiting")
-        if waiting and waiting.get("reason") in WAITING_TROUBLE:
-            return waiting["reason"], waiting.get("message", "")
-    return None
-
-
-def parse_pod_log(lines: Sequence[str], pod_node: int) -> Iterator[tuple[LogSource, str]]:
-    """A pod's log as (source, line): ``[rank N]`` lines belong to rank N; ``[node N]`` and
-    ``[corral]`` lines to the node; results and unlabelled lines are not shown."""
-    for line in lines:
-        match = LOG_LINE.match(line)
-        if not match or match.group(1) == "result":
-            continue
-        kind, number, text = match.groups()
-        if kind == "rank":
-            yield LogSource("rank", int(number)), text
-        else:
-            yield LogSource("node", int(number) if number else pod_node), text
-
-
-def first_exit(lines: Sequence[str], pod_node: int) -> tuple[float, int | None, int] | None:
-    """(when, rank or None for a launcher, exit code) of the first failure a pod reported."""
-    for source, text in parse_pod_log(lines, pod_node):
-        match = EXIT_LINE.match(text) if source.kind == "node" else None
-        if match:
-            rank = int(match.group(1)) if match.group(1) else None
-            return float(match.group(3)), rank, int(match.group(2))
-    return None
 
 
 class KubernetesBackend(Backend):
@@ -279,69 +219,17 @@ class KubernetesBackend(Backend):
                     owner = next((o["name"] for o in group["metadata"].get(
                         "ownerReferences") or [] if o.get("kind") == "Job"), None)
                     if owner in names:
-                        reasons[owner] = self._podgroup_reason(group)
+                        reasons[owner] = podgroup_reason(group)
             if flavours & {"jobset", "job"}:
                 for wl in self.api.list(KUEUE_WORKLOAD, self.namespace):
                     owner = next((o["name"] for o in wl["metadata"].get(
                         "ownerReferences") or []), None)
                     if owner in names:
-                        reasons[owner] = self._kueue_reason(wl)
+                        reasons[owner] = kueue_reason(wl)
         except ApiError as exc:  # no Kueue or Volcano here: no queue reasons
             if exc.status not in (403, 404):
                 raise
         return reasons
-
-    @staticmethod
-    def _podgroup_reason(group: dict[str, Any]) -> str:
-        status = group.get("status") or {}
-        phase = status.get("phase", "")
-        conditions = _conditions(group)
-        unschedulable = conditions.get("Unschedulable")
-        if unschedulable and unschedulable.get("status") == "True":
-            return (f"Volcano: pod group {phase or 'Pending'}, unschedulable: "
-                    f"{unschedulable.get('message') or unschedulable.get('reason', '')}")
-        return f"Volcano: pod group {phase}" if phase else ""
-
-    @staticmethod
-    def _kueue_reason(workload: dict[str, Any]) -> str:
-        conditions = _conditions(workload)
-        admitted = conditions.get("Admitted", {})
-        if admitted.get("status") == "True":
-            return "Kueue: admitted"
-        reserved = conditions.get("QuotaReserved", {})
-        message = reserved.get("message") or admitted.get("message") or ""
-        queue_name = (workload.get("spec") or {}).get("queueName", "")
-        return (f"Kueue: waiting in queue {queue_name}: {message}" if message
-                else f"Kueue: waiting for admission in queue {queue_name}")
-
-    def _workload_state(self, flavour: str, workload: dict[str, Any]) -> tuple[JobState | None,
-                                                                               str]:
-        """A final (or suspended) state from the workload itself; None while it runs."""
-        status = workload.get("status") or {}
-        conditions = _conditions(workload)
-        if flavour == "volcano":
-            phase = (status.get("state") or {}).get("phase", "")
-            if phase == "Completed":
-                return JobState.SUCCEEDED, ""
-            if phase in ("Failed", "Terminated"):
-                return JobState.FAILED, f"Volcano job {phase}"
-            if phase == "Aborted":
-                return JobState.CANCELLED, "aborted in Volcano"
-            return None, ""
-        done = [t for t in ("Complete", "Completed", "Failed") if conditions.get(
-            t, {}).get("status") == "True"]
-        if done:
-            condition = conditions[done[0]]
-            if done[0] != "Failed":
-                return JobState.SUCCEEDED, ""
-            if condition.get("reason") == "DeadlineExceeded" or "DeadlineExceeded" in str(
-                    condition.get("message", "")):
-                return JobState.TIMEOUT, "time limit reached (activeDeadlineSeconds)"
-            return JobState.FAILED, str(condition.get("message") or condition.get("reason")
-                                        or "failed")
-        if (workload.get("spec") or {}).get("suspend"):
-            return JobState.PENDING, "suspended (waiting for Kueue to admit it)"
-        return None, ""
 
     def _observe(self, record: JobRecord, workload: dict[str, Any],
                  pods: list[dict[str, Any]], queue_reason: str) -> Observation:
@@ -352,19 +240,19 @@ class KubernetesBackend(Backend):
             if index is not None:
                 by_node[index] = pod  # the newest pod of each node
         phases = {i: (p.get("status") or {}).get("phase", "Pending") for i, p in by_node.items()}
-        state, reason = self._workload_state(flavour, workload)
+        state, reason = workload_state(flavour, workload)
         deleting = workload["metadata"].get("deletionTimestamp")
         if state is None or state is JobState.PENDING:
             started_any = any(ph in ("Running", "Succeeded", "Failed") for ph in phases.values())
             state = JobState.RUNNING if started_any else JobState.PENDING
             if state is JobState.PENDING:
-                reason = queue_reason or reason or self._pending_reason(by_node, record.nodes)
-            trouble = next((w for p in by_node.values() if (w := _waiting(p))), None)
+                reason = queue_reason or reason or pending_reason(by_node, record.nodes)
+            trouble = next((w for p in by_node.values() if (w := waiting_trouble(p))), None)
             if trouble:
                 reason = f"{trouble[0]}: {trouble[1]}".rstrip(": ")
             if deleting:
                 reason = "being deleted: waiting for its pods to stop"
-        started = min((t for p in by_node.values() if (t := _time(
+        started = min((t for p in by_node.values() if (t := start_time(
             (p.get("status") or {}).get("startTime")))), default=None)
         if state is not JobState.PENDING:
             started = started or record.started or time.time()
@@ -384,17 +272,6 @@ class KubernetesBackend(Backend):
         return Observation(state, reason, started=started, finished=finished,
                            failure=failure, notes=notes,
                            ranks=self._ranks(record, state, by_node, failure))
-
-    @staticmethod
-    def _pending_reason(by_node: dict[int, dict[str, Any]], nodes: int) -> str:
-        for pod in by_node.values():
-            scheduled = _conditions(pod).get("PodScheduled", {})
-            if scheduled.get("status") == "False":
-                return (f"{scheduled.get('reason', 'Unschedulable')}: "
-                        f"{scheduled.get('message', '')}").rstrip(": ")
-        if len(by_node) < nodes:
-            return f"{len(by_node)} of {nodes} pods created"
-        return ""
 
     def _ranks(self, record: JobRecord, state: JobState, by_node: dict[int, dict[str, Any]],
                failure: Failure | None) -> tuple[RankStatus, ...]:
@@ -425,7 +302,7 @@ class KubernetesBackend(Backend):
                            reason: str) -> Failure:
         """The rank that failed first, its pod and its node, from the failed pods' logs."""
         failed = sorted((t.get("finishedAt") or "", i, p) for i, p in by_node.items()
-                        if (t := _terminated(p)) and t.get("exitCode"))
+                        if (t := terminated(p)) and t.get("exitCode"))
         if not failed:
             return Failure(node=0, rank=None, returncode=None, reason=reason or "failed",
                            time=time.time())
@@ -434,8 +311,8 @@ class KubernetesBackend(Backend):
                  if (found := first_exit(logs[node], node)) is not None]
         node = min(exits)[1] if exits else failed[0][1]  # the earliest exit of all
         pod, lines = by_node[node], logs[node]
-        terminated = _terminated(pod) or {}
-        rank, code = None, int(terminated.get("exitCode") or 1)
+        ended = terminated(pod) or {}
+        rank, code = None, int(ended.get("exitCode") or 1)
         if exits:
             (_, rank, code), _ = min(exits)
         if record.launcher in ("torchrun", "deepspeed"):  # the launcher names the rank
@@ -443,8 +320,8 @@ class KubernetesBackend(Backend):
                 t for s, t in parse_pod_log(lines, node) if s.kind == "node"))
             if inner is not None:
                 rank, code = inner.rank, inner.returncode
-        why = terminated.get("reason", "")
-        cause = (f"{why} {terminated.get('message', '')}".strip()
+        why = ended.get("reason", "")
+        cause = (f"{why} {ended.get('message', '')}".strip()
                  if why in ("OOMKilled", "DeadlineExceeded", "Evicted")
                  else describe_returncode(code))
         host = (pod.get("spec") or {}).get("nodeName") or "?"

@@ -1,0 +1,157 @@
+"""What the cluster's objects say about a job: pure functions over plain dicts.
+
+The client lists pods and workloads once per poll; these read them: which node a pod runs,
+a workload's final state, why a job waits (the scheduler, Volcano's PodGroup, Kueue's
+Workload), and the labelled lines of a pod's log (see :mod:`corral.runtime.pod`).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from corral.jobstate import JobState
+from corral.logs import LogSource
+
+INDEX_KEYS = ("batch.kubernetes.io/job-completion-index", "volcano.sh/task-index")
+# A pod's own lines in its log, as corral.runtime.pod writes them.
+LOG_LINE = re.compile(r"^\[(rank|node|corral|result) ?(\d*)\] ?(.*)$")
+EXIT_LINE = re.compile(r"^(?:rank (\d+)|the launcher of node \d+) exited with code (-?\d+) "
+                       r"at ([\d.]+)")
+WAITING_TROUBLE = ("ImagePullBackOff", "ErrImagePull", "CrashLoopBackOff", "InvalidImageName",
+                   "CreateContainerConfigError", "CreateContainerError")
+
+
+def start_time(text: str | None) -> float | None:
+    if not text:
+        return None
+    try:
+        return time.mktime(time.strptime(text, "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
+    except ValueError:
+        return None
+
+
+def conditions_of(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c.get("type", ""): c for c in (obj.get("status") or {}).get("conditions") or []}
+
+
+def pod_index(pod: dict[str, Any]) -> int | None:
+    """The node a pod runs, from its workload controller's annotation or label."""
+    meta = pod.get("metadata", {})
+    for source in (meta.get("annotations") or {}, meta.get("labels") or {}):
+        for key in INDEX_KEYS:
+            value = source.get(key)
+            if value is not None and str(value).isdigit():
+                return int(value)
+    return None
+
+
+def terminated(pod: dict[str, Any]) -> dict[str, Any] | None:
+    for status in (pod.get("status") or {}).get("containerStatuses") or []:
+        if status.get("name") == "main" and "terminated" in (status.get("state") or {}):
+            found: dict[str, Any] = status["state"]["terminated"]
+            return found
+    return None
+
+
+def waiting_trouble(pod: dict[str, Any]) -> tuple[str, str] | None:
+    for status in (pod.get("status") or {}).get("containerStatuses") or []:
+        waiting = (status.get("state") or {}).get("waiting")
+        if waiting and waiting.get("reason") in WAITING_TROUBLE:
+            return waiting["reason"], waiting.get("message", "")
+    return None
+
+
+def parse_pod_log(lines: Sequence[str], pod_node: int) -> Iterator[tuple[LogSource, str]]:
+    """A pod's log as (source, line): ``[rank N]`` lines belong to rank N; ``[node N]`` and
+    ``[corral]`` lines to the node; results and unlabelled lines are not shown."""
+    for line in lines:
+        match = LOG_LINE.match(line)
+        if not match or match.group(1) == "result":
+            continue
+        kind, number, text = match.groups()
+        if kind == "rank":
+            yield LogSource("rank", int(number)), text
+        else:
+            yield LogSource("node", int(number) if number else pod_node), text
+
+
+def first_exit(lines: Sequence[str], pod_node: int) -> tuple[float, int | None, int] | None:
+    """(when, rank or None for a launcher, exit code) of the first failure a pod reported."""
+    for source, text in parse_pod_log(lines, pod_node):
+        match = EXIT_LINE.match(text) if source.kind == "node" else None
+        if match:
+            rank = int(match.group(1)) if match.group(1) else None
+            return float(match.group(3)), rank, int(match.group(2))
+    return None
+
+
+
+
+
+
+
+
+def workload_state(flavour: str, workload: dict[str, Any]) -> tuple[JobState | None, str]:
+    """A final (or suspended) state from the workload itself; None while it runs."""
+    status = workload.get("status") or {}
+    conditions = conditions_of(workload)
+    if flavour == "volcano":
+        phase = (status.get("state") or {}).get("phase", "")
+        if phase == "Completed":
+            return JobState.SUCCEEDED, ""
+        if phase in ("Failed", "Terminated"):
+            return JobState.FAILED, f"Volcano job {phase}"
+        if phase == "Aborted":
+            return JobState.CANCELLED, "aborted in Volcano"
+        return None, ""
+    done = [t for t in ("Complete", "Completed", "Failed") if conditions.get(
+        t, {}).get("status") == "True"]
+    if done:
+        condition = conditions[done[0]]
+        if done[0] != "Failed":
+            return JobState.SUCCEEDED, ""
+        if condition.get("reason") == "DeadlineExceeded" or "DeadlineExceeded" in str(
+                condition.get("message", "")):
+            return JobState.TIMEOUT, "time limit reached (activeDeadlineSeconds)"
+        return JobState.FAILED, str(condition.get("message") or condition.get("reason")
+                                    or "failed")
+    if (workload.get("spec") or {}).get("suspend"):
+        return JobState.PENDING, "suspended (waiting for Kueue to admit it)"
+    return None, ""
+
+
+def podgroup_reason(group: dict[str, Any]) -> str:
+    status = group.get("status") or {}
+    phase = status.get("phase", "")
+    conditions = conditions_of(group)
+    unschedulable = conditions.get("Unschedulable")
+    if unschedulable and unschedulable.get("status") == "True":
+        return (f"Volcano: pod group {phase or 'Pending'}, unschedulable: "
+                f"{unschedulable.get('message') or unschedulable.get('reason', '')}")
+    return f"Volcano: pod group {phase}" if phase else ""
+
+
+def kueue_reason(workload: dict[str, Any]) -> str:
+    conditions = conditions_of(workload)
+    admitted = conditions.get("Admitted", {})
+    if admitted.get("status") == "True":
+        return "Kueue: admitted"
+    reserved = conditions.get("QuotaReserved", {})
+    message = reserved.get("message") or admitted.get("message") or ""
+    queue_name = (workload.get("spec") or {}).get("queueName", "")
+    return (f"Kueue: waiting in queue {queue_name}: {message}" if message
+            else f"Kueue: waiting for admission in queue {queue_name}")
+
+
+def pending_reason(by_node: dict[int, dict[str, Any]], nodes: int) -> str:
+    for pod in by_node.values():
+        scheduled = conditions_of(pod).get("PodScheduled", {})
+        if scheduled.get("status") == "False":
+            return (f"{scheduled.get('reason', 'Unschedulable')}: "
+                    f"{scheduled.get('message', '')}").rstrip(": ")
+    if len(by_node) < nodes:
+        return f"{len(by_node)} of {nodes} pods created"
+    return ""
