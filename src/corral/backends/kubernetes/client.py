@@ -49,7 +49,6 @@ SERVICE = KINDS[("v1", "Service")]
 PODGROUP = KINDS[("scheduling.volcano.sh/v1beta1", "PodGroup")]
 KUEUE_WORKLOAD = KINDS[("kueue.x-k8s.io/v1beta2", "Workload")]
 WORKLOAD_KINDS = {flavour: KINDS[key] for flavour, key in WORKLOADS.items()}
-MISSING_GRACE = 30.0  # a workload not seen this long after submission is lost
 
 
 class KubernetesBackend(Backend):
@@ -199,11 +198,10 @@ class KubernetesBackend(Backend):
             if workload is None:
                 if api.get(WORKLOAD_KINDS[self._flavour(record)], self.namespace, name):
                     continue  # created after our list: next time
-                if time.time() - record.created > MISSING_GRACE or record.started:
-                    found[record.id] = Observation(
-                        JobState.CANCELLED,
-                        f"its {WORKLOADS[self._flavour(record)][1]} {self.namespace}/{name} "
-                        "was deleted from the cluster", finished=time.time())
+                kind = WORKLOADS[self._flavour(record)][1]
+                found[record.id] = Observation(  # by corral's cancel, or by someone else
+                    JobState.CANCELLED, f"cancelled: its {kind} {self.namespace}/{name} was "
+                    "deleted", finished=time.time())
                 continue
             found[record.id] = self._observe(record, workload, pods.get(name, []),
                                              reasons.get(name, ""))
@@ -386,36 +384,41 @@ class KubernetesBackend(Backend):
                         yield source, text
             return
         found: queue.Queue[tuple[LogSource, str] | None] = queue.Queue()
-        readers = [threading.Thread(target=self._follow_pod, args=(record, node, found),
-                                    daemon=True) for node in nodes]
-        for reader in readers:
-            reader.start()
-        open_readers = len(readers)
-        while open_readers:
-            item = found.get()
-            if item is None:
-                open_readers -= 1
-            elif wanted(item[0]):
-                yield item
-
-    def _follow_pod(self, record: JobRecord, node: int,
-                    out: queue.Queue[tuple[LogSource, str] | None]) -> None:
-        """One pod's lines until its container ends; waits for it to start first."""
-        try:
-            while True:
-                pod = self._pods_by_node(record).get(node)
-                phase = (pod.get("status") or {}).get("phase") if pod else None
-                if pod is not None and phase != "Pending":
+        following: set[int] = set()
+        open_readers = 0
+        while True:
+            done = self.describe(record.id).state.is_terminal()  # first: then every pod
+            for node, pod in self._pods_by_node(record).items():  # that ran is listed below
+                phase = (pod.get("status") or {}).get("phase", "Pending")
+                if node in nodes and node not in following and phase != "Pending":
+                    following.add(node)
+                    open_readers += 1
+                    threading.Thread(target=self._follow_pod, daemon=True, args=(
+                        pod["metadata"]["name"], node, found)).start()
+            if done and not open_readers:
+                return
+            deadline = time.monotonic() + max(self.poll_interval, 0.2)
+            while open_readers and (left := deadline - time.monotonic()) > 0:
+                try:
+                    item = found.get(timeout=left)
+                except queue.Empty:
                     break
-                if self.describe(record.id).state.is_terminal():
-                    return
-                time.sleep(max(self.poll_interval, 0.2))
-            name = pod["metadata"]["name"]
-            for line in self.api.log_lines(self.namespace, name, follow=True):
+                if item is None:
+                    open_readers -= 1
+                elif wanted(item[0]):
+                    yield item
+            if not open_readers and not done:
+                time.sleep(max(0.0, deadline - time.monotonic()))
+
+    def _follow_pod(self, pod: str, node: int,
+                    out: queue.Queue[tuple[LogSource, str] | None]) -> None:
+        """One started pod's lines, until its container ends (in a thread of its own)."""
+        try:
+            for line in self.api.log_lines(self.namespace, pod, follow=True):
                 for source, text in parse_pod_log([line], node):
                     out.put((source, text))
         except BackendError as exc:
-            out.put((LogSource("node", node), f"corral: cannot read the log: {exc}"))
+            out.put((LogSource("node", node), f"corral: cannot read the log of {pod}: {exc}"))
         finally:
             out.put(None)
 
