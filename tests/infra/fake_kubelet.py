@@ -890,13 +890,13 @@ class Kubelet:
 
     # ---- API
     def request(self, method: str, path: str, body: Any = None, *, patch: bool = False,
-                timeout: Any = TIMEOUT, stream: bool = False) -> Any:
+                timeout: float = TIMEOUT, stream: bool = False) -> Any:
         """One call to the apiserver: JSON in, JSON out (or the raw response to stream)."""
         kind = "strategic-merge-patch+json" if patch else "json"
         headers = {"Accept": "application/json", "Content-Type": f"application/{kind}"}
-        token = self.conf.get_api_key_with_prefix("authorization")
-        if token:
-            headers["Authorization"] = token
+        for auth in self.conf.auth_settings().values():  # a bearer token, if the config has one
+            if auth.get("in") == "header" and auth.get("value"):
+                headers[auth["key"]] = auth["value"]
         resp = self.http.request(method, self.conf.host + path, headers=headers, timeout=timeout,
                                  body=None if body is None else json.dumps(body),
                                  preload_content=not stream)
@@ -1029,7 +1029,7 @@ class Kubelet:
     def watch(self, rv: str) -> str:
         """Follow the watch from `rv`; the resourceVersion to go on from, "" to relist."""
         query = f"watch=1&allowWatchBookmarks=true&timeoutSeconds=240&resourceVersion={rv}"
-        resp = self.request("GET", f"/api/v1/pods?{query}", stream=True, timeout=(TIMEOUT, 300))
+        resp = self.request("GET", f"/api/v1/pods?{query}", stream=True, timeout=300)
         try:
             for line in iter_resp_lines(resp):
                 if not line.strip():
