@@ -205,11 +205,13 @@ class IpPool:
         self.free = [str(ip) for ip in net.hosts() if int(ip) - int(net.network_address) > 1]
         self.lock = threading.Lock()
 
-    def allocate(self) -> str:
+    def allocate(self, prefer: str = "") -> str:
+        """`prefer` if it is free (a pod restarted by a new kubelet keeps its IP), else the
+        lowest free address."""
         with self.lock:
             if not self.free:
                 raise RuntimeError("no free pod IP left in the pod CIDR")
-            return self.free.pop(0)
+            return self.free.pop(self.free.index(prefer) if prefer in self.free else 0)
 
     def release(self, ip: str) -> None:
         with self.lock:
@@ -524,7 +526,7 @@ class PodWorker:
         if self.host_net:
             self.ip = HOST_IP
             return
-        self.ip = self.k.pool.allocate()
+        self.ip = self.k.pool.allocate((self.pod.get("status") or {}).get("podIP", ""))
         self.k.record_netns(self.netns, add=True)
         run(BIN["ip"], "netns", "delete", self.netns, check=False)  # a leftover of a crash
         run(BIN["ip"], "netns", "add", self.netns)
@@ -648,8 +650,8 @@ class PodWorker:
             if data is None and ref.get("optional"):
                 continue
             if data is None:
-                msg = f'{kind.lower()} "{ref.get("name")}" not found'
-                raise Missing("FailedMount", f'MountVolume.SetUp failed for "{volume}": {msg}')
+                msg = f'volume "{volume}" : {kind.lower()} "{ref.get("name")}" not found'
+                raise Missing("FailedMount", f"MountVolume.SetUp failed for {msg}")
             for item in ref.get("items") or [{"key": k, "path": k} for k in data]:
                 if item["key"] in data:
                     files[item["path"]] = (data[item["key"]], item.get("mode", mode))
@@ -816,7 +818,7 @@ class PodWorker:
         if self.inits:
             status["initContainerStatuses"] = [c.status() for c in self.inits]
         if self.ip:
-            status |= {"podIP": self.ip, "podIPs": [{"ip": self.ip}]}
+            status |= {"podIP": self.ip, "podIPs": [{"$patch": "replace"}, {"ip": self.ip}]}
         if self.start_time:
             status["startTime"] = self.start_time
         if self.reason:
