@@ -19,9 +19,12 @@ What it fakes:
     projected, downwardAPI, hostPath, and persistentVolumeClaim as the shared host directory
     ``<state>/../pvc/<namespace>/<claim>`` (a fake: no PV, no provisioner). Every pod gets its
     own tmpfs on /dev/shm. Mount points missing on the host are created, and removed after;
+  * /etc/resolv.conf: points at nothing (127.0.0.1 in the pod), so a name missing from the
+    hosts file fails at once instead of timing out on the host's nameserver;
   * pod status, container states and restarts (restartPolicy, with a small backoff), init
     containers, graceful deletion, activeDeadlineSeconds, container logs over HTTPS
-    (``/containerLogs``, for ``kubectl logs``; the apiserver must prefer InternalIP).
+    (``/containerLogs``, for ``kubectl logs``; the apiserver must prefer InternalIP);
+  * hostNetwork pods run in the host's network namespace, with IP 127.0.0.1.
 
 What it does not do: pull or unpack images, enforce resources (no cgroups: limits are only
 reported through the downward API), probes, exec/attach/port-forward, CNI, kube-proxy
@@ -29,7 +32,10 @@ reported through the downward API), probes, exec/attach/port-forward, CNI, kube-
 sidecar containers, live updates of configMap/secret volumes.
 
 State dir (``--state-dir``): ``netns`` (namespaces made, one a line, for the launcher to clean),
-``hosts``, ``pods/<uid>/`` (volumes, shm, work dir), ``logs/<ns>_<pod>_<uid>/<container>.log``.
+``hosts``, ``resolv.conf``, ``pods/<uid>/`` (volumes, shm, default work dir; removed with the
+pod), ``logs/<ns>_<pod>_<uid>/<container>.log`` (kept after the pod, for debugging). A restart
+with the same state dir first kills what the previous run left in its namespaces; pods that
+were running then are restarted, or reported Failed when their restartPolicy is Never.
 Its own log goes to stderr. SIGTERM/SIGINT stops every pod's processes and exits 0; the Node
 object is left for the launcher. Standard library + ``kubernetes`` only; needs root.
 """
@@ -686,8 +692,9 @@ class PodWorker:
                 source = source / sub
                 if not source.exists():
                     source.mkdir(parents=True)
-            self._make_mount_point(Path(m["mountPath"]), source.is_dir())
-            c.mounts.append((str(source), m["mountPath"], bool(m.get("readOnly"))))
+            target = os.path.realpath(m["mountPath"])  # as /proc/*/mountinfo shows it
+            self._make_mount_point(Path(target), source.is_dir())
+            c.mounts.append((str(source), target, bool(m.get("readOnly"))))
         c.mounts.sort(key=lambda m: m[1].count("/"))
 
     def _make_mount_point(self, target: Path, is_dir: bool) -> None:
@@ -997,6 +1004,11 @@ class Kubelet:
         while not self.stopping.wait(10):
             try:
                 self.heartbeat()
+            except ApiError as exc:
+                log(f"heartbeat failed: {exc}")
+                if exc.status == 404:  # someone deleted the Node: register it again
+                    with contextlib.suppress(Exception):
+                        self.register()
             except Exception as exc:
                 log(f"heartbeat failed: {exc}")
 
