@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import json
 import os
 import shutil
 import ssl
@@ -128,6 +129,81 @@ class MemoryKubelet(fk.Kubelet):
                 if m == "PATCH" and p.endswith(f"/pods/{name}/status")]
 
 
+def _memory_kubelet(tmp_path: Path, bridge: str) -> MemoryKubelet:
+    (tmp_path / "kubeconfig").write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: x\n"
+        "clusters: [{name: c, cluster: {server: 'https://127.0.0.1:1'}}]\n"
+        "users: [{name: u, user: {token: t}}]\n"
+        "contexts: [{name: x, context: {cluster: c, user: u}}]\n")
+    args = argparse.Namespace(
+        kubeconfig=str(tmp_path / "kubeconfig"), node="node1", cpu="4", memory="8Gi", gpus=0,
+        pods=110, pod_cidr="10.79.1.0/24", bridge=bridge, gateway="10.79.0.1", port=0,
+        tls_cert=str(tmp_path / "cert.pem"), tls_key=str(tmp_path / "key.pem"),
+        state_dir=str(tmp_path / "state"), label=["tier=gpu"], taint=["dedicated=ml:NoSchedule"])
+    k = MemoryKubelet(args)
+    (k.state_dir / "logs").mkdir(parents=True)
+    k.hosts_file.write_text(fk.render_hosts([]))
+    (k.state_dir / "resolv.conf").write_text(fk.RESOLV_CONF)
+    return k
+
+
+class FakeStream:
+    """What the watch reads: a urllib3 response with one event a line."""
+
+    def __init__(self, events: list[dict[str, Any]]) -> None:
+        self.data = b"".join(json.dumps(e).encode() + b"\n" for e in events)
+
+    def stream(self, amt: Any = None, decode_content: Any = None) -> Iterator[bytes]:
+        yield from (self.data[i:i + 50] for i in range(0, len(self.data), 50))
+
+    def release_conn(self) -> None:
+        pass
+
+
+def test_watch_bookkeeping_and_relist(tmp_path: Path) -> None:
+    k = _memory_kubelet(tmp_path, "no-such-bridge")
+    other = {"metadata": {"name": "p", "namespace": "n", "uid": "u1", "resourceVersion": "5"},
+             "spec": {"nodeName": "node2", "hostname": "h", "subdomain": "s"},
+             "status": {"phase": "Running", "podIP": "10.79.2.2"}}
+    events = [{"type": "ADDED", "object": other},
+              {"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "7"}}}]
+    k.request = lambda *a, **kw: FakeStream(events)  # type: ignore[method-assign]
+    assert k.watch("4") == "7"
+    assert "10.79.2.2\th.s.n.svc.cluster.local h.s h\n" in k.hosts_file.read_text()
+    gone = {"type": "ERROR", "object": {"kind": "Status", "code": 410}}
+    k.request = lambda *a, **kw: FakeStream([gone])  # type: ignore[method-assign]
+    assert k.watch("7") == ""  # relist next
+
+    class Stub:
+        vanished = False
+
+        def vanish(self) -> None:
+            self.vanished = True
+
+    stub = Stub()
+    k.workers["lost-uid"] = stub  # type: ignore[assignment]
+    k.request = lambda *a, **kw: {"metadata": {"resourceVersion": "9"}, "items": []}  # type: ignore
+    assert k.relist() == "9"
+    assert stub.vanished and not k.workers and not k.pods
+    assert "10.79.2.2" not in k.hosts_file.read_text()
+
+
+def test_node_registration(tmp_path: Path) -> None:
+    k = _memory_kubelet(tmp_path, "no-such-bridge")
+    k.request = lambda m, p, b=None, **kw: (  # type: ignore[method-assign]
+        k.calls.append((m, p, b)) or {"metadata": {"uid": "n-uid"}})
+    k.register()
+    (_, _, node), (_, _, status), (_, lease_path, lease) = k.calls
+    assert node["metadata"]["labels"]["tier"] == "gpu"
+    assert node["metadata"]["labels"]["kubernetes.io/hostname"] == "node1"
+    assert node["spec"]["taints"] == [{"key": "dedicated", "value": "ml", "effect": "NoSchedule"}]
+    assert status["status"]["daemonEndpoints"] == {"kubeletEndpoint": {"Port": 0}}
+    assert status["status"]["allocatable"]["memory"] == "8Gi"
+    assert {"type": "Ready", "status": "True"}.items() <= status["status"]["conditions"][0].items()
+    assert lease_path.endswith("/kube-node-lease/leases/node1")
+    assert lease["spec"]["holderIdentity"] == "node1"
+
+
 def _can_make_namespaces() -> bool:
     tools = ("ip", "nsenter", "unshare", "setsid", "openssl")
     return os.geteuid() == 0 and all(shutil.which(t) for t in tools)
@@ -142,23 +218,10 @@ def kubelet(tmp_path: Path) -> Iterator[MemoryKubelet]:
     try:
         subprocess.run(["ip", "addr", "add", "10.79.0.1/16", "dev", bridge], check=True)
         subprocess.run(["ip", "link", "set", bridge, "up"], check=True)
-        (tmp_path / "kubeconfig").write_text(
-            "apiVersion: v1\nkind: Config\ncurrent-context: x\n"
-            "clusters: [{name: c, cluster: {server: 'https://127.0.0.1:1'}}]\n"
-            "users: [{name: u, user: {token: t}}]\n"
-            "contexts: [{name: x, context: {cluster: c, user: u}}]\n")
         subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
                         "-subj", "/CN=fake-kubelet", "-keyout", str(tmp_path / "key.pem"),
                         "-out", str(tmp_path / "cert.pem")], check=True, capture_output=True)
-        args = argparse.Namespace(
-            kubeconfig=str(tmp_path / "kubeconfig"), node="node1", cpu="4", memory="8Gi", gpus=0,
-            pods=110, pod_cidr="10.79.1.0/24", bridge=bridge, gateway="10.79.0.1", port=0,
-            tls_cert=str(tmp_path / "cert.pem"), tls_key=str(tmp_path / "key.pem"),
-            state_dir=str(tmp_path / "state"), label=[], taint=[])
-        k = MemoryKubelet(args)
-        (k.state_dir / "logs").mkdir(parents=True)
-        k.hosts_file.write_text(fk.render_hosts([]))
-        (k.state_dir / "resolv.conf").write_text(fk.RESOLV_CONF)
+        k = _memory_kubelet(tmp_path, bridge)
         yield k
         k.stopping.set()
         for worker in list(k.workers.values()):

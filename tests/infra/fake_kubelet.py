@@ -1172,7 +1172,7 @@ def bridge_prefix(bridge: str, gateway: str) -> int:
             for info in addr.get("addr_info", []):
                 if info.get("local") == gateway:
                     return int(info["prefixlen"])
-    except (RuntimeError, ValueError, KeyError):
+    except (OSError, RuntimeError, ValueError, KeyError):
         pass
     log(f"bridge {bridge} has no address {gateway}: pod addresses get prefix /16")
     return 16
