@@ -10,10 +10,11 @@ DEPS_KEY := $(shell (cat pyproject.toml; echo $(TORCH) $(DEEPSPEED)) | sha256sum
 VENV ?= $(HOME)/.cache/corral/venv-py$(PYVER)-$(DEPS_KEY)
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint unit bench system-deps slurm-up slurm-down clean
-# Debian packages the tests use: Open MPI, and a real Slurm cluster with ssh for submission.
+.PHONY: demo test lint unit bench system-deps slurm-up slurm-down k8s-build k8s-up k8s-down clean
+# Debian packages the tests use: Open MPI, a real Slurm cluster with ssh for submission, and
+# etcd + openssl for the Kubernetes test cluster.
 APT_PACKAGES := openmpi-bin libopenmpi-dev mpich slurmctld slurmd slurm-client munge \
-	openssh-server openssh-client rsync iproute2 util-linux procps
+	openssh-server openssh-client rsync iproute2 util-linux procps etcd-server openssl
 
 $(VENV)/.deps:
 	@$(MAKE) --no-print-directory system-deps
@@ -43,7 +44,7 @@ lint: .corral-installed
 	$(BIN)/ruff check src tests bench examples
 	$(BIN)/mypy
 
-unit: .corral-installed
+unit: .corral-installed k8s-build
 	$(BIN)/python -m pytest -q
 
 test: lint unit
@@ -57,6 +58,17 @@ slurm-up: .corral-installed
 
 slurm-down:
 	$(PYTHON) tests/infra/slurm_cluster.py down
+
+# The Kubernetes test cluster (control plane, Volcano, Kueue, JobSet, 3 fake kubelets). Its
+# binaries are built from Go modules once, into ~/.cache/corral/k8s-<go>-<key>/ (minutes cold).
+k8s-build:
+	bash tests/infra/k8s/build.sh
+
+k8s-up: .corral-installed k8s-build
+	$(BIN)/python tests/infra/k8s_cluster.py up
+
+k8s-down:
+	$(PYTHON) tests/infra/k8s_cluster.py down
 
 clean:
 	rm -rf .corral-installed .mypy_cache .ruff_cache .pytest_cache build src/*.egg-info

@@ -93,6 +93,36 @@ def cluster() -> Iterator[object]:
         test_cluster.down()
 
 
+@pytest.fixture(scope="session")
+def k8s_cluster() -> Iterator[object]:
+    """A real Kubernetes control plane with Volcano, Kueue and JobSet, and 3 fake kubelets
+    (tests/infra/k8s_cluster.py). Builds its binaries first if they are not cached (minutes)."""
+    require(os.geteuid() == 0, "the Kubernetes test cluster needs root (network namespaces)")
+    require(shutil.which("etcd") is not None,
+            "etcd is not installed: make system-deps (apt-get install etcd-server)")
+    require(shutil.which("openssl") is not None, "openssl is not installed: make system-deps")
+    go = shutil.which("go") or "/usr/local/go/bin/go"
+    require(Path(go).exists(), "Go is missing: the Kubernetes test cluster is built from source")
+    sys.path.insert(0, str(REPO / "tests"))
+    from infra.k8s_cluster import K8sCluster
+
+    state = Path(os.environ.get("CORRAL_K8S_STATE", "/tmp/corral-k8s"))
+    started = time.monotonic()
+    test_cluster = K8sCluster(state)
+    test_cluster.up()
+    print(f"kubernetes test cluster up in {time.monotonic() - started:.1f}s")
+    saved = {k: os.environ.get(k) for k in test_cluster.env}
+    os.environ.update(test_cluster.env)
+    yield test_cluster
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    if not os.environ.get("CORRAL_KEEP_K8S"):
+        test_cluster.down()
+
+
 @pytest.fixture
 def leave_nothing() -> Iterator[list[subprocess.Popen[str]]]:
     """Corral processes a test starts: any still running when the test ends (it failed)

@@ -7,6 +7,7 @@
 #                                                 vc-scheduler, vc-controller-manager, kueue, jobset
 #   ~/.cache/corral/k8s-<go version>-<key>/crds/  volcano/ jobflow/ kueue/ jobset/: the CRDs the
 #                                                 add-ons need, from their downloaded module sources
+#   ~/.cache/corral/k8s-<go version>-<key>/webhooks/ kueue.yaml jobset.yaml: their webhook manifests
 #
 # <key> is the first 12 hex digits of a sha256 over this script and every go.mod, go.sum and .go
 # file under tests/infra/k8s. Usage:
@@ -99,8 +100,9 @@ kueue() {
     (cd "$HERE/kueue" && "$GO" build "${build_flags[@]}" \
         -ldflags "-s -w -X sigs.k8s.io/kueue/pkg/version.GitVersion=$version" \
         -o "$tmp/bin/kueue" sigs.k8s.io/kueue/cmd/kueue)
-    mkdir -p "$tmp/crds/kueue"
+    mkdir -p "$tmp/crds/kueue" "$tmp/webhooks"
     cp "$dir"/config/components/crd/bases/*.yaml "$tmp/crds/kueue/"
+    cp "$dir"/config/components/webhook/manifests.yaml "$tmp/webhooks/kueue.yaml"
 }
 
 jobset() {
@@ -110,8 +112,9 @@ jobset() {
     (cd "$HERE/jobset" && "$GO" build "${build_flags[@]}" \
         -ldflags "-s -w -X sigs.k8s.io/jobset/pkg/version.GitVersion=$version" \
         -o "$tmp/bin/jobset" sigs.k8s.io/jobset)
-    mkdir -p "$tmp/crds/jobset"
+    mkdir -p "$tmp/crds/jobset" "$tmp/webhooks"
     cp "$dir"/config/components/crd/bases/*.yaml "$tmp/crds/jobset/"
+    cp "$dir"/config/components/webhook/manifests.yaml "$tmp/webhooks/jobset.yaml"
 }
 
 step "controlplane (Kubernetes $KUBE_VERSION)" controlplane
