@@ -698,13 +698,16 @@ class PodWorker:
         c.mounts.sort(key=lambda m: m[1].count("/"))
 
     def _make_mount_point(self, target: Path, is_dir: bool) -> None:
+        """Create `target` (and missing parents) on the host, recording what this pod made;
+        other kubelets' pods may be making the same path at the same time."""
         missing = [p for p in [target, *target.parents] if not p.exists()][::-1]
         for path in missing:
-            if path != target or is_dir:
-                path.mkdir()
-            else:
-                path.touch()
-            self.created.append(path)
+            with contextlib.suppress(FileExistsError):
+                if path != target or is_dir:
+                    path.mkdir()
+                else:
+                    path.touch(exist_ok=False)
+                self.created.append(path)
 
     # ---- containers
     def _command(self, c: Container) -> list[str]:
