@@ -699,10 +699,11 @@ class PodWorker:
 
     def _make_mount_point(self, target: Path, is_dir: bool) -> None:
         """Create `target` (and missing parents) on the host, recording what this pod made;
-        other kubelets' pods may be making the same path at the same time."""
+        other kubelets' pods may be making (or removing) the same path at the same time, and
+        the container's own `mkdir -p` has the last word."""
         missing = [p for p in [target, *target.parents] if not p.exists()][::-1]
         for path in missing:
-            with contextlib.suppress(FileExistsError):
+            with contextlib.suppress(FileExistsError, FileNotFoundError):
                 if path != target or is_dir:
                     path.mkdir()
                 else:
