@@ -120,30 +120,44 @@ class KubeApi:
         from kubernetes.client.exceptions import ApiException
 
         headers = {"Accept": "application/json", "Content-Type": content_type}
+        params = list((query or {}).items())
+        wait = None if stream else timeout
         try:
-            response = client.call_api(
-                path, method, query_params=list((query or {}).items()),
-                header_params=headers, body=body, auth_settings=["BearerToken"],
-                _preload_content=False, _return_http_data_only=True,
-                _request_timeout=None if stream else timeout)
+            if hasattr(client, "param_serialize"):  # kubernetes >= 34: generated anew
+                method_, url, headers_, body_, post = client.param_serialize(
+                    method, path, query_params=params, header_params=headers, body=body,
+                    auth_settings=["BearerToken"])
+                response = client.call_api(method_, url, header_params=headers_, body=body_,
+                                           post_params=post, _request_timeout=wait).response
+            else:
+                response = client.call_api(
+                    path, method, query_params=params, header_params=headers, body=body,
+                    auth_settings=["BearerToken"], _preload_content=False,
+                    _return_http_data_only=True, _request_timeout=wait)
         except ApiException as exc:
-            raise self._error(exc, method, path, what) from None
+            raise self._error(int(exc.status or 0), str(exc.reason or ""), exc.body,
+                              method, path, what) from None
         except Exception as exc:  # urllib3: connection refused, TLS, timeouts
             raise BackendError(f"cannot reach the Kubernetes API server at {self.host} "
                                f"({type(exc).__name__}: {str(exc)[:300]}); check that the "
                                f"cluster of {self.kubeconfig} is up") from None
+        if response.status >= 400:
+            data = response.data
+            response.release_conn()
+            raise self._error(response.status, str(response.reason or ""), data, method, path,
+                              what)
         if stream:
             return response
         data = response.data
         return json.loads(data) if data else None
 
-    def _error(self, exc: Any, method: str, path: str, what: str) -> ApiError:
-        status = int(exc.status or 0)
+    def _error(self, status: int, http_reason: str, raw: Any, method: str, path: str,
+               what: str) -> ApiError:
         try:
-            body = json.loads(exc.body or "{}")
+            body = json.loads(raw or "{}")
         except ValueError:
             body = {}
-        message = str(body.get("message") or exc.reason or "").strip()
+        message = str(body.get("message") or http_reason or "").strip()
         reason = str(body.get("reason") or "")
         doing = what or f"{method} {path}"
         user = f"the credentials of {self.kubeconfig}"
@@ -162,7 +176,7 @@ class KubeApi:
                                for c in causes[:8])
             text = f"{doing}: the API server rejected it (422 Invalid): {listed or message}"
         else:
-            text = f"{doing}: the API server answered {status} {exc.reason}: {message}"
+            text = f"{doing}: the API server answered {status} {http_reason}: {message}"
         return ApiError(text, status, reason)
 
     # -- verbs ----------------------------------------------------------------------------
