@@ -805,7 +805,8 @@ class PodWorker:
                 c.proc.wait(timeout=1)  # type: ignore[union-attr]
                 self._exited(c, may_restart=False)
         for c in [*self.inits, *self.mains]:
-            c.restart_at = None
+            if c.restart_at is not None:  # waiting to restart: it stays as it ended
+                c.restart_at, c.state = None, c.last_state
 
     # ---- status
     def _set_cond(self, kind: str, value: bool) -> None:
