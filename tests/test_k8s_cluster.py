@@ -11,12 +11,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
 
 pytestmark = pytest.mark.k8s
-
-kubernetes = pytest.importorskip("kubernetes")
-from kubernetes import client, config  # noqa: E402
-from kubernetes.client.rest import ApiException  # noqa: E402
 
 Obj = dict[str, Any]
 

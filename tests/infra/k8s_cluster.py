@@ -1,6 +1,7 @@
 """A real Kubernetes control plane with Volcano, Kueue and JobSet, plus fake kubelets, for tests.
 
-Everything listens on 127.0.0.1 (pods excepted); nothing routes off the machine::
+Everything listens on 127.0.0.1 (pods excepted); nothing routes off the machine. Every add-on
+runs with the admin kubeconfig and leader election off::
 
     etcd                 127.0.0.1:12379 (peer :12380)   Debian's etcd-server; data on a tmpfs
     kube-apiserver       https://127.0.0.1:16443        static tokens, Node,RBAC, SA keys
@@ -8,8 +9,8 @@ Everything listens on 127.0.0.1 (pods excepted); nothing routes off the machine:
     kube-scheduler       127.0.0.1:16259                 leader election off
     vc-scheduler         127.0.0.1:16280/16281           actions enqueue, allocate, backfill
     vc-controller-manager 127.0.0.1:16282
-    kueue                127.0.0.1:16290-16292           metrics, health, webhook (not registered)
-    jobset               127.0.0.1:16293-16295           metrics, health, webhook (not registered)
+    kueue                127.0.0.1:16290-16292           metrics, health, webhook (by URL)
+    jobset               127.0.0.1:16293-16295           metrics, health, webhook (by URL)
     fake kubelet nodeN   127.0.0.1:1025N (TLS)           tests/infra/fake_kubelet.py, host netns
     bridge corral-kbr0   10.78.0.1/16                    pods of nodeN in 10.78.N.0/24 (netns ck-*)
 
@@ -18,11 +19,15 @@ The binaries come from tests/infra/k8s/build.sh (Go modules, cached under ~/.cac
 State dir (default /tmp/corral-k8s)::
 
     kubeconfig  kubeconfig-nobody  tokens.csv   admin (system:masters) and corral-nobody (no RBAC)
+    admin-token the admin's bearer token (this module's own REST calls)
     pki/        ca, apiserver serving, kubelet serving, service-account keys (openssl CLI)
     config/     volcano-scheduler.yaml kueue.yaml jobset.yaml
     pids/NAME.pid   "PID COMM" of each process started here; ``down`` stops exactly those
     log/NAME.log    each process's stdout/stderr (wiped on a fresh ``up``)
     kubelet/nodeN/  the fake kubelets' state (its ``netns`` file lists the pod namespaces)
+    etcd/       a tmpfs in etcd's private mount namespace (gone when etcd stops)
+    kueue-etc/  the upper layer of an overlay on /etc in Kueue's private mount namespace, which
+                holds its metrics certificates at the fixed /etc/kueue/metrics/certs
     bin-dir     the binary cache dir this cluster runs from
 
 CLI: ``python tests/infra/k8s_cluster.py up|down|status|build [--state-dir DIR]``.
@@ -309,7 +314,7 @@ class K8sCluster:
 
     def down(self) -> None:
         """Stop (by PID) the kubelets, the add-ons, scheduler and controller-manager, the
-        apiserver (SIGKILL after 5 s), etcd; delete the pod namespaces left and the bridge."""
+        apiserver (SIGKILL after 1 s), etcd; delete the pod namespaces left and the bridge."""
         daemons = _daemon_pids(self.pid_dir)
         kubelets = [name for name in daemons if name.startswith("kubelet-")]
         foreign = _foreign_cluster_up(self.state_dir)
@@ -317,7 +322,9 @@ class K8sCluster:
             (kubelets, 15),
             (ADDONS, 5),
             (["controller-manager", "scheduler"], 5),
-            (["apiserver"], 5),
+            # Its graceful shutdown waits a minute for watches (even once no client is left);
+            # etcd's data is thrown away anyway.
+            (["apiserver"], 1),
             (["etcd"], 10),
         ]
         named = {n for names, _ in groups for n in names}
@@ -571,6 +578,11 @@ internalCertManagement:
 """)
 
     def _make_network(self) -> None:
+        # Pods get a default route to the bridge's address; with forwarding off in the host
+        # that is as far as their packets go. With it on they could leave the machine.
+        if Path("/proc/sys/net/ipv4/ip_forward").read_text().strip() != "0":
+            raise RuntimeError("net.ipv4.ip_forward is on: pod traffic could be routed off the "
+                               "machine; the Kubernetes test cluster needs it off")
         if Path(f"/sys/class/net/{BRIDGE}").exists():
             _run("ip", "link", "delete", BRIDGE)  # ours (down checked the owner), left behind
         _run("ip", "link", "add", BRIDGE, "type", "bridge")
