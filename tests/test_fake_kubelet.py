@@ -273,7 +273,8 @@ def test_pod_runs_in_its_namespace(kubelet: MemoryKubelet) -> None:
 
 def test_deleting_a_pod_stops_its_processes(kubelet: MemoryKubelet) -> None:
     pod = _pod("sleeper", [{"name": "main", "command": [
-        "sh", "-c", "trap 'echo bye; exit 0' TERM; (setsid sleep 300 &); sleep 300 & wait"]}])
+        "sh", "-c",
+        "trap 'echo bye; sleep 0.3; exit 0' TERM; (setsid sleep 300 &); sleep 300 & wait"]}])
     kubelet.on_pod("ADDED", pod)
     worker = kubelet.workers[pod["metadata"]["uid"]]
     deadline = time.monotonic() + 10

@@ -176,6 +176,20 @@ def pids_of(netns: str, roots: Iterable[int]) -> set[int]:
     return {pid for pid in found if alive(pid)}
 
 
+def signal_once(pids: Iterable[int], leaders: Iterable[int], sig: signal.Signals) -> None:
+    """Signal the process groups of `leaders` (a container's session), and each of `pids`
+    outside them, so that no process gets `sig` twice."""
+    groups = set()
+    for pid in leaders:
+        with contextlib.suppress(OSError):
+            os.killpg(pid, sig)
+            groups.add(pid)
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            if os.getpgid(pid) not in groups:
+                os.kill(pid, sig)
+
+
 def mounted_anywhere(path: str) -> bool:
     """Whether `path` is a mount point in any process's mount namespace (rmdir would lazily
     unmount it there)."""
@@ -788,12 +802,7 @@ class PodWorker:
             if not pids:
                 break
             log(f"pod {self.key}: {sig.name} to {len(pids)} process(es)")
-            for pid in roots:
-                with contextlib.suppress(OSError):
-                    os.killpg(pid, sig)
-            for pid in pids:
-                with contextlib.suppress(OSError):
-                    os.kill(pid, sig)
+            signal_once(pids, roots, sig)
             end = time.monotonic() + wait
             while time.monotonic() < end:
                 roots = [c.proc.pid for c in containers if c.proc and c.proc.poll() is None]
