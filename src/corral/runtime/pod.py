@@ -11,8 +11,10 @@ for Jobs and JobSets, ``VK_TASK_INDEX`` for Volcano). The entry point:
    node agent's and the launcher's own lines ``[node N] ``), and the agent's events as
    ``[corral] `` lines, so that the pod log — the only log Kubernetes keeps — tells the ranks
    apart and says which rank failed first;
-5. after the ranks end, prints a distributed function's results as ``[result N] <base64>``
-   lines, and exits with the first failing rank's code.
+5. when a rank fails, stops the node's other ranks (as ``srun --kill-on-bad-exit`` does; the
+   workload controller then stops the other pods); after the ranks end, prints a
+   distributed function's results as ``[result N] <base64>`` lines, and exits with the
+   first failing rank's code.
 
 SIGTERM (the pod being deleted) is passed to the node agent, which stops every rank within
 the plan's grace period. Standard library only, like the node agent.
@@ -170,7 +172,11 @@ def main(argv: list[str] | None = None) -> int:
             who = (f"rank {event['rank']}" if event.get("rank") is not None
                    else f"the launcher of node {rank}")
             say(out, f"{who} exited with code {event['returncode']} at {time.time():.3f}")
+            agent.send_signal(signal.SIGTERM)  # one rank down stops the node, as srun does
     code = agent.wait()
+    if first_failure is not None:  # the failing rank's own code, not the stop's
+        failed = int(first_failure["returncode"])
+        code = failed if failed > 0 else 128 - failed
     stop.set()
     relaying.join()
     relay.poll(final=True)

@@ -47,6 +47,7 @@ POD = KINDS[("v1", "Pod")]
 CONFIG_MAP = KINDS[("v1", "ConfigMap")]
 SERVICE = KINDS[("v1", "Service")]
 PODGROUP = KINDS[("scheduling.volcano.sh/v1beta1", "PodGroup")]
+EVENT = KINDS[("v1", "Event")]
 KUEUE_WORKLOAD = KINDS[("kueue.x-k8s.io/v1beta2", "Workload")]
 WORKLOAD_KINDS = {flavour: KINDS[key] for flavour, key in WORKLOADS.items()}
 
@@ -208,16 +209,19 @@ class KubernetesBackend(Backend):
         return found
 
     def _queue_reasons(self, names: list[str], named: dict[str, JobRecord]) -> dict[str, str]:
-        """Why waiting jobs wait: Volcano PodGroup conditions, Kueue Workload conditions."""
+        """Why waiting jobs wait: Volcano PodGroups (and their events), Kueue Workloads."""
         reasons: dict[str, str] = {}
         flavours = {self._flavour(named[n]) for n in names}
         try:
             if "volcano" in flavours:
-                for group in self.api.list(PODGROUP, self.namespace):
+                groups = self.api.list(PODGROUP, self.namespace)
+                events = self.api.list(EVENT, self.namespace,
+                                       field_selector="involvedObject.kind=PodGroup")
+                for group in groups:
                     owner = next((o["name"] for o in group["metadata"].get(
                         "ownerReferences") or [] if o.get("kind") == "Job"), None)
                     if owner in names:
-                        reasons[owner] = podgroup_reason(group)
+                        reasons[owner] = podgroup_reason(group, events)
             if flavours & {"jobset", "job"}:
                 for wl in self.api.list(KUEUE_WORKLOAD, self.namespace):
                     owner = next((o["name"] for o in wl["metadata"].get(
@@ -263,7 +267,7 @@ class KubernetesBackend(Backend):
                 reason = failure.describe()
             elif state is JobState.TIMEOUT:
                 failure = None
-        notes = (f"{workload['kind']} {self.namespace}/{workload['metadata']['name']}",
+        notes = (f"{WORKLOADS[flavour][1]} {self.namespace}/{workload['metadata']['name']}",
                  *(f"node {i}: pod {p['metadata']['name']} on "
                    f"{(p.get('spec') or {}).get('nodeName') or '(not scheduled)'}: {phases[i]}"
                    for i, p in sorted(by_node.items())))

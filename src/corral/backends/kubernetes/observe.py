@@ -123,15 +123,27 @@ def workload_state(flavour: str, workload: dict[str, Any]) -> tuple[JobState | N
     return None, ""
 
 
-def podgroup_reason(group: dict[str, Any]) -> str:
-    status = group.get("status") or {}
-    phase = status.get("phase", "")
-    conditions = conditions_of(group)
-    unschedulable = conditions.get("Unschedulable")
+def podgroup_reason(group: dict[str, Any], events: Sequence[dict[str, Any]] = ()) -> str:
+    """Why a Volcano gang waits: its Unschedulable condition, or (while the PodGroup is
+    still Pending, before Volcano sets conditions) its newest Unschedulable events."""
+    phase = (group.get("status") or {}).get("phase", "") or "Pending"
+    unschedulable = conditions_of(group).get("Unschedulable")
     if unschedulable and unschedulable.get("status") == "True":
-        return (f"Volcano: pod group {phase or 'Pending'}, unschedulable: "
+        return (f"Volcano: pod group {phase}, unschedulable: "
                 f"{unschedulable.get('message') or unschedulable.get('reason', '')}")
-    return f"Volcano: pod group {phase}" if phase else ""
+    name = group["metadata"]["name"]
+    mine = [e for e in events if (e.get("involvedObject") or {}).get("name") == name
+            and e.get("reason") == "Unschedulable"]
+    if mine:
+        newest = max(_event_time(e) for e in mine)
+        messages = sorted({str(e.get("message", "")) for e in mine if _event_time(e) == newest})
+        return f"Volcano: pod group {phase}, unschedulable: " + "; ".join(messages)
+    return f"Volcano: pod group {phase}"
+
+
+def _event_time(event: dict[str, Any]) -> str:
+    return str(event.get("lastTimestamp") or event.get("eventTime") or
+               (event.get("metadata") or {}).get("creationTimestamp") or "")
 
 
 def kueue_reason(workload: dict[str, Any]) -> str:
