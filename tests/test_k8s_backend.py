@@ -77,7 +77,8 @@ def check_ddp(kube: KubernetesBackend, admin: KubeApi, out: Path) -> None:
     assert len(set(hosts.values())) == 2  # two pods, two hostnames
     pods = pods_of(admin, kube, ref.job_id)
     assert len({p["status"]["podIP"] for p in pods}) == 2  # two network namespaces
-    assert {p["metadata"]["name"] for p in pods} >= set(hosts.values())
+    assert {p["spec"].get("hostname") or p["metadata"]["name"] for p in pods} == set(
+        hosts.values())
     lines = [text for _, text in kube.logs(ref.job_id, rank=3)]
     assert "rank 3/4 sum 10" in lines, lines
     assert [r.state for r in status.ranks] == [JobState.SUCCEEDED] * 4
@@ -133,8 +134,10 @@ def test_failing_rank_is_named_with_its_pod_and_node(admin: KubeApi) -> None:
 def test_volcano_gang_that_does_not_fit_waits_with_the_reason(admin: KubeApi) -> None:
     kube = backend("volcano")
     ref = kube.submit(command("echo never", nodes=2, resources={"cpus": 64}, name="too-big"))
-    status = wait_for(kube, ref.job_id, lambda s: "Volcano" in s.reason, timeout=60)
-    assert status.state is JobState.PENDING and "unschedulable" in status.reason.lower(), (
+    status = wait_for(kube, ref.job_id, lambda s: "unschedulable" in s.reason, timeout=60)
+    assert status.state is JobState.PENDING and status.reason.startswith("Volcano: "), (
+        status.reason)
+    assert "overused cpu" in status.reason or "Insufficient cpu" in status.reason, (
         status.reason)
     time.sleep(2)
     assert not [p for p in pods_of(admin, kube, ref.job_id)
