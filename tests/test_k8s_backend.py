@@ -212,3 +212,28 @@ def test_cli_run_streams_labelled_ranks_and_ps_lists_it(k8s_cluster: Any,
     listed = subprocess.run([sys.executable, "-m", "corral.cli", "ps", "-a"], env=env,
                             capture_output=True, text=True, timeout=60, check=False)
     assert "kubernetes" in listed.stdout and "SUCCEEDED" in listed.stdout, listed.stdout
+
+
+def test_time_limit_ends_the_job_as_timeout(admin: KubeApi) -> None:
+    kube = backend("job")
+    ref = kube.submit(command("sleep 120", nodes=2, time_limit=3, name="slow"))
+    status = kube.wait(ref.job_id, timeout=60)
+    assert status.state is JobState.TIMEOUT, status.summary()
+    assert "time limit" in status.reason
+
+
+def test_distributed_function_returns_every_rank_through_the_pod_logs(k8s_cluster: Any) -> None:
+    import corral
+
+    def rank_plus(x: int) -> tuple[int, str]:
+        import os
+        import socket
+
+        return int(os.environ["RANK"]) + x, socket.gethostname()
+
+    remote = corral.distributed(rank_plus, nodes=2, procs_per_node=2, launcher="none",
+                                all_ranks=True, backend=backend("volcano"), stream=False,
+                                image=IMAGE, workdir=str(PROGRAMS))
+    results = remote(10)
+    assert [value for value, _ in results] == [10, 11, 12, 13]
+    assert len({host for _, host in results}) == 2
