@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from corral.snapshot import snapshot_files
 from corral.errors import SubmitError
+from corral.snapshot import snapshot_files
 
 
 def test_run_roots_inside_the_working_directory_are_left_out(tmp_path: Path) -> None:
