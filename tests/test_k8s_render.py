@@ -376,3 +376,64 @@ def test_bad_queue_fields_are_named() -> None:
     with pytest.raises(SpecError) as caught:
         QueueSpec(name="Team_A", weight=0, cpu="lots")
     assert {p[0] for p in caught.value.problems} == {"name", "weight", "cpu"}
+
+
+# -- what the objects say (observe), as the API server returns them -------------------------
+
+def test_workload_states_of_each_flavour() -> None:
+    from corral.backends.kubernetes.observe import workload_state
+    from corral.jobstate import JobState
+
+    def vc(phase: str) -> dict[str, Any]:
+        return {"status": {"state": {"phase": phase}}}
+
+    def job(kind: str, reason: str = "", suspend: bool = False) -> dict[str, Any]:
+        conditions = [{"type": kind, "status": "True", "reason": reason}] if kind else []
+        return {"spec": {"suspend": suspend}, "status": {"conditions": conditions}}
+
+    assert workload_state("volcano", vc("Completed"))[0] is JobState.SUCCEEDED
+    assert workload_state("volcano", vc("Terminated"))[0] is JobState.FAILED
+    assert workload_state("volcano", vc("Aborted"))[0] is JobState.CANCELLED
+    assert workload_state("volcano", vc("Running"))[0] is None
+    assert workload_state("job", job("Complete"))[0] is JobState.SUCCEEDED
+    assert workload_state("jobset", job("Completed"))[0] is JobState.SUCCEEDED
+    assert workload_state("job", job("Failed", "BackoffLimitExceeded"))[0] is JobState.FAILED
+    assert workload_state("job", job("Failed", "DeadlineExceeded"))[0] is JobState.TIMEOUT
+    assert workload_state("jobset", job("", suspend=True))[0] is JobState.PENDING
+    assert workload_state("job", job(""))[0] is None
+
+
+def test_waiting_reasons_from_volcano_kueue_and_the_scheduler() -> None:
+    from corral.backends.kubernetes.observe import (
+        kueue_reason,
+        pending_reason,
+        podgroup_reason,
+        waiting_trouble,
+    )
+
+    group = {"metadata": {"name": "pg-1"}, "status": {"phase": "Pending"}}
+    events = [
+        {"involvedObject": {"name": "pg-1"}, "reason": "Unschedulable",
+         "lastTimestamp": "2026-11-29T10:00:00Z", "message": "old news"},
+        {"involvedObject": {"name": "pg-1"}, "reason": "Unschedulable",
+         "lastTimestamp": "2026-11-29T10:00:05Z", "message": "overused cpu"},
+        {"involvedObject": {"name": "pg-2"}, "reason": "Unschedulable",
+         "lastTimestamp": "2026-11-29T10:00:09Z", "message": "someone else's"},
+    ]
+    assert podgroup_reason(group, events) == (
+        "Volcano: pod group Pending, unschedulable: overused cpu")
+    assert podgroup_reason(group) == "Volcano: pod group Pending"
+    workload = {"spec": {"queueName": "small"}, "status": {"conditions": [
+        {"type": "QuotaReserved", "status": "False",
+         "message": "couldn't assign flavors to pod set node: insufficient quota for cpu"}]}}
+    assert kueue_reason(workload) == ("Kueue: waiting in queue small: couldn't assign flavors "
+                                      "to pod set node: insufficient quota for cpu")
+    pod = {"status": {"conditions": [{"type": "PodScheduled", "status": "False",
+                                      "reason": "Unschedulable",
+                                      "message": "0/3 nodes are available: 3 Insufficient cpu."}]}}
+    assert pending_reason({0: pod}, 2) == (
+        "Unschedulable: 0/3 nodes are available: 3 Insufficient cpu.")
+    assert pending_reason({}, 2) == "0 of 2 pods created"
+    pulling = {"status": {"containerStatuses": [{"name": "main", "state": {"waiting": {
+        "reason": "ImagePullBackOff", "message": "Back-off pulling image \"nope:1\""}}}]}}
+    assert waiting_trouble(pulling) == ("ImagePullBackOff", 'Back-off pulling image "nope:1"')
