@@ -173,6 +173,17 @@ def test_no_rights_is_a_clear_error_and_nothing_is_left(k8s_cluster: Any,
         record.details or {}).get("name", "")) == []
 
 
+def test_a_rejected_token_is_a_clear_error(k8s_cluster: Any, tmp_path: Path) -> None:
+    import re
+
+    text = Path(k8s_cluster.restricted_kubeconfig).read_text()
+    stale = tmp_path / "kubeconfig"
+    stale.write_text(re.sub(r"token: .*", "token: not-a-token-anyone-knows", text))
+    kube = KubernetesBackend(KubernetesOptions(flavour="job", kubeconfig=str(stale)))
+    with pytest.raises(SubmitError, match="401 Unauthorized"):
+        kube.submit(command("true", name="stale"))
+
+
 def test_missing_namespace_and_invalid_objects_are_clear_errors(admin: KubeApi) -> None:
     with pytest.raises(SubmitError, match="no-such-namespace"):
         backend("job", namespace="no-such-namespace").submit(command("true"))
