@@ -248,7 +248,9 @@ class KubernetesBackend(Backend):
             started_any = any(ph in ("Running", "Succeeded", "Failed") for ph in phases.values())
             state = JobState.RUNNING if started_any else JobState.PENDING
             if state is JobState.PENDING:
-                reason = queue_reason or reason or pending_reason(by_node, record.nodes)
+                admitted = queue_reason == "Kueue: admitted"  # then the scheduler says why
+                reason = ((not admitted and queue_reason) or reason
+                          or pending_reason(by_node, record.nodes) or queue_reason)
             trouble = next((w for p in by_node.values() if (w := waiting_trouble(p))), None)
             if trouble:
                 reason = f"{trouble[0]}: {trouble[1]}".rstrip(": ")
