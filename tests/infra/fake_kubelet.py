@@ -24,7 +24,10 @@ What it fakes:
   * pod status, container states and restarts (restartPolicy, with a small backoff), init
     containers, graceful deletion, activeDeadlineSeconds, container logs over HTTPS
     (``/containerLogs``, for ``kubectl logs``; the apiserver must prefer InternalIP);
-  * hostNetwork pods run in the host's network namespace, with IP 127.0.0.1.
+  * hostNetwork pods run in the host's network namespace, with IP 127.0.0.1;
+  * deletion: every process of the pod gets SIGTERM once (each container's session, and
+    whatever else is in the pod's netns or descends from its containers), SIGKILL after
+    ``deletionGracePeriodSeconds``; then the pod is deleted with grace 0.
 
 What it does not do: pull or unpack images, enforce resources (no cgroups: limits are only
 reported through the downward API), probes, exec/attach/port-forward, CNI, kube-proxy
