@@ -421,7 +421,7 @@ def test_waiting_reasons_from_volcano_kueue_and_the_scheduler() -> None:
          "lastTimestamp": "2026-11-29T10:00:09Z", "message": "someone else's"},
     ]
     assert podgroup_reason(group, events) == (
-        "Volcano: pod group Pending, unschedulable: overused cpu")
+        "Volcano: pod group Pending, unschedulable: overused cpu; old news")
     assert podgroup_reason(group) == "Volcano: pod group Pending"
     workload = {"spec": {"queueName": "small"}, "status": {"conditions": [
         {"type": "QuotaReserved", "status": "False",

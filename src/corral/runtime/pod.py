@@ -27,7 +27,6 @@ import json
 import os
 import re
 import signal
-import subprocess
 import sys
 import tarfile
 import threading
@@ -125,6 +124,55 @@ def results(run_dir: str, out: IO[str]) -> None:
     out.flush()
 
 
+def start_agent(node_plan: str, workdir: str, node_log: str) -> tuple[int, IO[str]]:
+    """The node agent in a forked child (no second interpreter to start): its events come
+    back on a pipe, its own messages go to the node log. Called before any thread starts."""
+    read_end, write_end = os.pipe()
+    log = os.open(node_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(read_end)
+            null = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(null, 0)
+            os.dup2(write_end, 1)
+            os.dup2(log, 2)
+            os.chdir(workdir)
+            sys.argv = [sys.argv[0], node_plan]
+            from corral.runtime import node
+
+            code = node.main([node_plan])
+        except BaseException as exc:  # corral's own failure: say it in the node log
+            os.write(2, f"corral: the node agent failed: {exc!r}\n".encode())
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    os.close(log)
+    return pid, os.fdopen(read_end, encoding="utf-8")
+
+
+def _signal(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def _wait(pid: int) -> int:
+    """The agent's exit code (128 + N if a signal N ended it)."""
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+            break
+        except InterruptedError:
+            continue
+    code = os.waitstatus_to_exitcode(status)
+    return code if code >= 0 else 128 - code
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     with open(args[0], encoding="utf-8") as handle:
@@ -149,19 +197,15 @@ def main(argv: list[str] | None = None) -> int:
                                            "grace": plan.get("grace", 10)}), encoding="utf-8")
     say(out, f"node {rank} of {len(plan['nodes'])} on {os.uname().nodename}: starting "
         f"{len(node['processes'])} process(es)")
-    with open(os.path.join(log_dir, f"node-{rank}.log"), "ab") as node_log:
-        agent = subprocess.Popen(
-            [sys.executable, "-m", "corral.runtime.node", node_plan], cwd=workdir,
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=node_log, text=True)
-    signal.signal(signal.SIGTERM, lambda *_: agent.send_signal(signal.SIGTERM))
-    signal.signal(signal.SIGINT, lambda *_: agent.send_signal(signal.SIGTERM))
+    agent, events = start_agent(node_plan, workdir, os.path.join(log_dir, f"node-{rank}.log"))
+    signal.signal(signal.SIGTERM, lambda *_: _signal(agent, signal.SIGTERM))
+    signal.signal(signal.SIGINT, lambda *_: _signal(agent, signal.SIGTERM))
     relay = Relay(log_dir, out)
     stop = threading.Event()
     relaying = threading.Thread(target=relay.run, args=(stop,), daemon=True)
     relaying.start()
-    assert agent.stdout is not None
     first_failure: dict[str, Any] | None = None
-    for line in agent.stdout:
+    for line in events:
         try:
             event = json.loads(line)
         except ValueError:
@@ -172,8 +216,8 @@ def main(argv: list[str] | None = None) -> int:
             who = (f"rank {event['rank']}" if event.get("rank") is not None
                    else f"the launcher of node {rank}")
             say(out, f"{who} exited with code {event['returncode']} at {time.time():.3f}")
-            agent.send_signal(signal.SIGTERM)  # one rank down stops the node, as srun does
-    code = agent.wait()
+            _signal(agent, signal.SIGTERM)  # one rank down stops the node, as srun does
+    code = _wait(agent)
     if first_failure is not None:  # the failing rank's own code, not the stop's
         failed = int(first_failure["returncode"])
         code = failed if failed > 0 else 128 - failed

@@ -125,7 +125,7 @@ def workload_state(flavour: str, workload: dict[str, Any]) -> tuple[JobState | N
 
 def podgroup_reason(group: dict[str, Any], events: Sequence[dict[str, Any]] = ()) -> str:
     """Why a Volcano gang waits: its Unschedulable condition, or (while the PodGroup is
-    still Pending, before Volcano sets conditions) its newest Unschedulable events."""
+    still Pending, before Volcano sets conditions) its Unschedulable events."""
     phase = (group.get("status") or {}).get("phase", "") or "Pending"
     unschedulable = conditions_of(group).get("Unschedulable")
     if unschedulable and unschedulable.get("status") == "True":
@@ -134,10 +134,12 @@ def podgroup_reason(group: dict[str, Any], events: Sequence[dict[str, Any]] = ()
     name = group["metadata"]["name"]
     mine = [e for e in events if (e.get("involvedObject") or {}).get("name") == name
             and e.get("reason") == "Unschedulable"]
-    if mine:
-        newest = max(_event_time(e) for e in mine)
-        messages = sorted({str(e.get("message", "")) for e in mine if _event_time(e) == newest})
-        return f"Volcano: pod group {phase}, unschedulable: " + "; ".join(messages)
+    if mine:  # Volcano repeats a few messages (counted); each once, the newest first
+        messages: list[str] = []
+        for event in sorted(mine, key=_event_time, reverse=True):
+            if str(event.get("message", "")) not in messages:
+                messages.append(str(event.get("message", "")))
+        return f"Volcano: pod group {phase}, unschedulable: " + "; ".join(messages[:3])
     return f"Volcano: pod group {phase}"
 
 
