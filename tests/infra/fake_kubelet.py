@@ -25,9 +25,10 @@ What it fakes:
     containers, graceful deletion, activeDeadlineSeconds, container logs over HTTPS
     (``/containerLogs``, for ``kubectl logs``; the apiserver must prefer InternalIP);
   * hostNetwork pods run in the host's network namespace, with IP 127.0.0.1;
-  * deletion: every process of the pod gets SIGTERM once (each container's session, and
-    whatever else is in the pod's netns or descends from its containers), SIGKILL after
-    ``deletionGracePeriodSeconds``; then the pod is deleted with grace 0.
+  * deletion: each container's main process (its command) gets SIGTERM, as from a container
+    runtime; once the main processes have ended, or after ``deletionGracePeriodSeconds``,
+    everything left in the pod (its netns, the containers' descendants) gets SIGKILL; then
+    the pod is deleted with grace 0.
 
 What it does not do: pull or unpack images, enforce resources (no cgroups: limits are only
 reported through the downward API), probes, exec/attach/port-forward, CNI, kube-proxy
@@ -177,6 +178,14 @@ def pids_of(netns: str, roots: Iterable[int]) -> set[int]:
                 found.add(child)
                 todo.append(child)
     return {pid for pid in found if alive(pid)}
+
+
+def _session_leader(pid: int) -> bool:
+    """A container's command runs as its own session's leader (``setsid``)."""
+    try:
+        return os.getsid(pid) == pid
+    except OSError:
+        return False
 
 
 def signal_once(pids: Iterable[int], leaders: Iterable[int], sig: signal.Signals) -> None:
@@ -795,22 +804,33 @@ class PodWorker:
             c.restart_at = time.monotonic() + backoff
 
     def _kill(self, grace: float) -> None:
-        """SIGTERM every process of the pod (process groups, netns members, descendants),
-        SIGKILL what is left after `grace` s."""
+        """As a container runtime stops a container: SIGTERM to each container's main
+        process only (the command, in a session of its own: its PID 1), then, once the main
+        processes are gone or `grace` s have passed, SIGKILL to every process left in the pod
+        (process groups, netns members, descendants)."""
         containers = [c for c in [*self.inits, *self.mains] if c.proc is not None]
         ns = self.netns if self.netns_made else ""
-        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 2.0)):
+
+        def left() -> tuple[list[int], set[int]]:
             roots = [c.proc.pid for c in containers if c.proc and c.proc.poll() is None]
-            pids = pids_of(ns, roots)
-            if not pids:
-                break
-            log(f"pod {self.key}: {sig.name} to {len(pids)} process(es)")
-            signal_once(pids, roots, sig)
-            end = time.monotonic() + wait
-            while time.monotonic() < end:
-                roots = [c.proc.pid for c in containers if c.proc and c.proc.poll() is None]
-                if not pids_of(ns, roots):
-                    break
+            return roots, pids_of(ns, roots)
+
+        roots, pids = left()
+        mains = [pid for pid in pids if _session_leader(pid)] or roots
+        if pids:
+            log(f"pod {self.key}: SIGTERM to {len(mains)} main process(es)")
+            for pid in mains:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGTERM)
+            end = time.monotonic() + grace
+            while time.monotonic() < end and any(alive(pid) for pid in mains):
+                time.sleep(0.1)
+        roots, pids = left()
+        if pids:
+            log(f"pod {self.key}: SIGKILL to {len(pids)} process(es)")
+            signal_once(pids, roots, signal.SIGKILL)
+            end = time.monotonic() + 2.0
+            while time.monotonic() < end and left()[1]:
                 time.sleep(0.1)
         for c in containers:
             with contextlib.suppress(subprocess.TimeoutExpired):
