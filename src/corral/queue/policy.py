@@ -24,7 +24,7 @@ One pass:
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from corral.errors import SpecError
 from corral.queue.capacity import Capacity
@@ -316,3 +316,11 @@ def single_pool(cpus: float) -> tuple[Node, ...]:
 def pool_request(procs: float) -> Request:
     """A request for ``procs`` processors of a :func:`single_pool`."""
     return Request(nodes=1, cpus=procs)
+
+
+def requeue_after_failure(job: PendingJob) -> PendingJob | None:
+    """The job to queue again after a failed attempt (one retry fewer, same place in
+    line: its submission time and order are kept), or None when no retry is left."""
+    if job.retries_left <= 0:
+        return None
+    return replace(job, retries_left=job.retries_left - 1, held=False)
