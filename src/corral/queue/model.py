@@ -64,8 +64,11 @@ class Request:
     cpus: float = 1.0
     gpus: float = 0.0
     memory: float = 0.0
+    shape: tuple[int, float, float, float] = field(init=False, repr=False, compare=False)
+    """What two requests share when they fit exactly the same places."""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "shape", (self.nodes, self.cpus, self.gpus, self.memory))
         problems: list[tuple[str, object, str]] = []
         if self.nodes < 1:
             problems.append(("nodes", self.nodes, "a whole number of nodes, at least 1"))
@@ -76,11 +79,6 @@ class Request:
                              "a fraction of one GPU (0 < gpus < 1) or a whole number of GPUs"))
         if problems:
             raise SpecError(problems, "queue request")
-
-    @property
-    def shape(self) -> tuple[int, float, float, float]:
-        """What two requests share when they fit exactly the same places."""
-        return (self.nodes, self.cpus, self.gpus, self.memory)
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,12 +23,13 @@ One pass:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from corral.errors import SpecError
 from corral.queue.capacity import Capacity
-from corral.queue.fairshare import FairShare, PriorityFactors, Weights, factors
+from corral.queue.fairshare import FairShare, PriorityFactors, Weights, factors, priorities
 from corral.queue.model import (
     Decisions,
     DependencyKind,
@@ -102,10 +103,10 @@ def ordered(state: QueueState, now: float, policy: Policy) -> list[PendingJob]:
         return sorted(state.pending, key=lambda j: (-j.qos, j.submit, j.seq))
     weights = policy.weights
     fair = FairShare(state.usage, state.queues, active_users(state))
-    keyed = [(-factors(job, now, weights, fair).priority, job.submit, job.seq, job)
-             for job in state.pending]
-    keyed.sort(key=lambda k: k[:3])
-    return [k[3] for k in keyed]
+    pending = state.pending
+    keys = [(-p, job.submit, job.seq)
+            for p, job in zip(priorities(pending, now, weights, fair), pending, strict=True)]
+    return [pending[i] for i in sorted(range(len(pending)), key=keys.__getitem__)]
 
 
 def dependency_reason(job: PendingJob, outcomes: Mapping[str, Outcome]) -> Reason | None:
@@ -134,6 +135,9 @@ class _Pass:
             for share in job.placement:
                 if share.node in self.free.index:
                     self.free.remove(share)
+        self.limited_queues = {name for name, queue in state.queues.items()
+                               if queue.max_running is not None}
+        self.kinds = Counter((n.cpus, n.memory, n.gpus) for n in state.nodes)
         self.by_queue: dict[str, int] = {}
         self.by_array: dict[str, int] = {}
         for job in state.running:
@@ -149,17 +153,28 @@ class _Pass:
     def static_reason(self, job: PendingJob) -> Reason | None:
         if job.held:
             return Reason.HELD
-        reason = dependency_reason(job, self.state.outcomes)
-        if reason is not None:
-            return reason
+        if job.after:
+            reason = dependency_reason(job, self.state.outcomes)
+            if reason is not None:
+                return reason
         shape = job.request.shape
         never = self.never_fits.get(shape)
         if never is None:
-            never = Capacity.empty(self.state.nodes).fitting_nodes(job.request) is None
+            never = self._never_fits(job.request)
             self.never_fits[shape] = never
         return Reason.NEVER_FITS if never else None
 
+    def _never_fits(self, request: Request) -> bool:
+        """True if not even the empty cluster has ``request.nodes`` nodes big enough."""
+        gpus = max(1.0, request.gpus) if request.gpus > 0 else 0.0
+        big_enough = sum(count for (cpus, memory, node_gpus), count in self.kinds.items()
+                         if cpus >= request.cpus and memory >= request.memory
+                         and node_gpus >= gpus)
+        return big_enough < request.nodes
+
     def limit_reason(self, job: PendingJob) -> Reason | None:
+        if job.array is None and job.queue not in self.limited_queues:
+            return None
         queue = self.state.queues.get(job.queue)
         if (queue is not None and queue.max_running is not None
                 and self.by_queue.get(job.queue, 0) >= queue.max_running):
@@ -189,29 +204,46 @@ class _Pass:
         return True
 
 
+def _release_until_fits(room: Capacity, request: Request,
+                        releases: Sequence[tuple[float, tuple[NodeShare, ...]]]) -> int | None:
+    """Give back ``releases`` in order (those with the same key together) until ``request``
+    fits in ``room``; how many were given back (0: it fits already), or None if it never
+    fits. Counts the nodes that fit as it goes, so each release costs its own nodes only."""
+    fits = [room.node_fits(i, request) for i in range(len(room.cpus))]
+    count = sum(fits)
+    k = 0
+    while count < request.nodes:
+        if k >= len(releases):
+            return None
+        key = releases[k][0]
+        while k < len(releases) and releases[k][0] == key:
+            for share in releases[k][1]:
+                if share.node in room.index:
+                    i = room.give(share)
+                    if not fits[i] and room.node_fits(i, request):
+                        fits[i] = True
+                        count += 1
+            k += 1
+    return k
+
+
 def _victims(state: QueueState, top: PendingJob, free: Capacity) -> list[RunningJob] | None:
     """Preemptible running jobs to stop so ``top`` fits now (newest first), or None."""
     if top.preemptible:
         return None
-    room = free.copy()
-    chosen: list[RunningJob] = []
-    stopping = [job for job in state.running if job.preempting]
     candidates = sorted((job for job in state.running if job.preemptible and not job.preempting
                          and job.qos <= top.qos), key=lambda j: (-j.start, j.id))
+    stopping = [job for job in state.running if job.preempting]
+    if not candidates and not stopping:
+        return None
+    room = free.copy()
     for job in stopping:
         for share in job.placement:
             if share.node in room.index:
                 room.give(share)
-    if room.fitting_nodes(top.request) is not None:
-        return []  # those already told to stop make room: wait for them
-    for job in candidates:
-        for share in job.placement:
-            if share.node in room.index:
-                room.give(share)
-        chosen.append(job)
-        if room.fitting_nodes(top.request) is not None:
-            return chosen
-    return None
+    needed = _release_until_fits(room, top.request,
+                                 [(float(k), job.placement) for k, job in enumerate(candidates)])
+    return None if needed is None else candidates[:needed]
 
 
 def _reservation(state: QueueState, now: float, top: PendingJob, work: _Pass,
@@ -224,25 +256,12 @@ def _reservation(state: QueueState, now: float, top: PendingJob, work: _Pass,
     ends.extend(work.started_ends)
     ends.sort(key=lambda e: e[0])
     future = work.free.copy()
-    request = top.request
-    fits = [future.node_fits(i, request) for i in range(len(future.cpus))]
-    count = sum(fits)
-    shadow = now
-    k = 0
-    while count < request.nodes and k < len(ends):
-        shadow = ends[k][0]
-        while k < len(ends) and ends[k][0] == shadow:  # everything that ends at that time
-            for share in ends[k][1]:
-                if share.node in future.index:
-                    i = future.give(share)
-                    if not fits[i] and future.node_fits(i, request):
-                        fits[i] = True
-                        count += 1
-            k += 1
-    nodes = future.fitting_nodes(request)
-    if nodes is None:  # cannot happen for a job that fits the empty cluster
+    needed = _release_until_fits(future, top.request, ends)
+    nodes = future.fitting_nodes(top.request)
+    if needed is None or nodes is None:  # cannot happen for a job that fits the empty cluster
         return float("inf"), future
-    future.take(nodes, request)
+    shadow = ends[needed - 1][0] if needed else now
+    future.take(nodes, top.request)
     return shadow, future
 
 
@@ -288,24 +307,36 @@ def schedule(state: QueueState, now: float, policy: Policy | None = None) -> Dec
 
 def _backfill(candidates: Iterable[PendingJob], work: _Pass, shadow: float,
               spare: Capacity) -> None:
-    """Start each candidate that fits now without delaying the reservation at ``shadow``."""
+    """Start each candidate that fits now without delaying the reservation at ``shadow``.
+
+    The common case, a plain job whose shape already failed in this pass, costs a few
+    dictionary lookups: free capacity and ``spare`` only shrink during a pass."""
     reasons = work.reasons
     now = work.now
+    no_room_now = work.no_room_now
+    never_fits = work.never_fits
     no_spare: set[tuple[int, float, float, float]] = set()
+    limited = work.limited_queues
+    priority = Reason.PRIORITY
     for job in candidates:
-        reason = work.static_reason(job) or work.limit_reason(job)
-        if reason is not None:
-            reasons[job.id] = reason
+        shape = job.request.shape
+        if (job.held or job.after or job.array is not None or job.queue in limited
+                or shape not in never_fits):
+            reason = work.static_reason(job) or work.limit_reason(job)
+            if reason is not None:
+                reasons[job.id] = reason
+                continue
+        elif never_fits[shape]:
+            reasons[job.id] = Reason.NEVER_FITS
             continue
-        if now + job.time_limit <= shadow:
-            started = work.try_start(job)
-        else:
-            shape = job.request.shape
-            started = shape not in no_spare and work.try_start(job, spare)
-            if not started:
-                no_spare.add(shape)
-        if not started:
-            reasons[job.id] = Reason.PRIORITY
+        if shape in no_room_now:
+            reasons[job.id] = priority
+        elif now + job.time_limit <= shadow:
+            if not work.try_start(job):
+                reasons[job.id] = priority
+        elif shape in no_spare or not work.try_start(job, spare):
+            no_spare.add(shape)
+            reasons[job.id] = priority
 
 
 def single_pool(cpus: float) -> tuple[Node, ...]:
