@@ -30,6 +30,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "wait": ("corral.cli.jobs", "wait_command",
              "Wait for jobs to end; exit 0 only if all succeeded."),
     "k8s": ("corral.cli.k8s", "k8s_group", "Kubernetes helpers: queues."),
+    "simulate": ("corral.cli.simulate", "simulate_command",
+                 "Replay a workload trace (SWF) through a queue policy."),
 }
 
 
