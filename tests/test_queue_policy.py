@@ -32,9 +32,9 @@ from corral.queue import (
     schedule,
 )
 from corral.queue.capacity import Capacity
-from corral.queue.fairshare import UsageLedger, Weights
+from corral.queue.fairshare import FairShare, UsageLedger, Weights, negated_priorities
 from corral.queue.model import NodeShare
-from corral.queue.policy import POLICIES, Policy, requeue_after_failure
+from corral.queue.policy import POLICIES, Policy, active_users, requeue_after_failure
 from corral.queue.simulate import simulate
 from corral.queue.swf import TraceJob
 
@@ -185,6 +185,19 @@ def test_older_jobs_rise_by_age() -> None:
     factors = priority_factors(state, 200, weights)
     assert factors["old"].age > factors["new"].age
     assert factors["old"].priority > factors["new"].priority
+
+
+def test_the_fast_priorities_are_the_factors_sums() -> None:
+    ledger = UsageLedger(half_life=50)
+    ledger.charge("bob", "default", 500, at=10)
+    pending = tuple(job(f"j{i}", i, user=("alice", "bob")[i % 2], submit=i * 7.0,
+                        cpus=1 + i % 3, limit=10 ** (i % 4), qos=(i % 2) / 2) for i in range(8))
+    state = QueueState(nodes(1), pending=pending, usage=ledger.as_mapping())
+    weights = Weights(max_age=20, max_area=1e4)
+    fair = FairShare(state.usage, state.queues, active_users(state))
+    fast = negated_priorities(pending, 60, weights, fair)
+    slow = priority_factors(state, 60, weights)
+    assert [-p for p in fast] == pytest.approx([slow[j.id].priority for j in pending])
 
 
 def test_queue_weights_split_the_machine() -> None:

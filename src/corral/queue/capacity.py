@@ -75,6 +75,14 @@ class Capacity:
         gpus = self.gpus[i]
         return (self.cpus[i], self.memory[i], max(gpus, default=0.0), float(_whole(gpus)))
 
+    def _value(self, i: int, dimension: int) -> float:
+        if dimension == 0:
+            return self.cpus[i]
+        if dimension == 1:
+            return self.memory[i]
+        gpus = self.gpus[i]
+        return max(gpus, default=0.0) if dimension == 2 else float(_whole(gpus))
+
     def _build(self) -> tuple[list[tuple[float, int]], ...]:
         keys = [self._keys(i) for i in range(len(self.cpus))]
         self.indexes = tuple(sorted((k[d], i) for i, k in enumerate(keys)) for d in range(4))
@@ -113,7 +121,7 @@ class Capacity:
                 if len(found) == wanted:
                     return found
             else:
-                real = self._keys(i)[dimension]
+                real = self._value(i, dimension)
                 if real < threshold:  # a stale entry: move it to where it belongs now
                     del best[bisect_left(best, (value, i))]
                     insort(best, (real, i))

@@ -56,7 +56,7 @@ class FairShare:
     """Fair-share factors for one pass: each user's and queue's, computed once."""
 
     def __init__(self, usage: Mapping[str, float], queues: Mapping[str, Queue],
-                 active_users: Mapping[str, set[str]]) -> None:
+                 active_users: Mapping[str, int]) -> None:
         self.usage = usage
         self.active_users = active_users
         weights = {name: q.weight for name, q in queues.items()}
@@ -78,7 +78,7 @@ class FairShare:
         share = self.queue_share.get(queue, 1.0)
         queue_usage = (self.usage.get(QUEUE_PREFIX + queue, 0.0) / self.queue_total
                        if self.queue_total > 0 else 0.0)
-        user_share = share / max(1, len(self.active_users.get(queue, ())))
+        user_share = share / max(1, self.active_users.get(queue, 0))
         user_usage = self.usage.get(user, 0.0) / self.user_total if self.user_total > 0 else 0.0
         value: float = 2.0 ** (-queue_usage / share) * 2.0 ** (-user_usage / user_share)
         self._cache[key] = value
@@ -97,10 +97,10 @@ def factors(job: PendingJob, now: float, weights: Weights, fair: FairShare) -> P
     return PriorityFactors(age, fairshare, size, qos, priority)
 
 
-def priorities(jobs: Sequence[PendingJob], now: float, weights: Weights,
-               fair: FairShare) -> list[float]:
-    """Each job's priority, as :func:`factors` computes it, without the per-job objects
-    (a pass orders thousands of jobs)."""
+def negated_priorities(jobs: Sequence[PendingJob], now: float, weights: Weights,
+                       fair: FairShare) -> list[float]:
+    """Each job's priority, as :func:`factors` computes it, negated (to sort the highest
+    first) and without per-job objects: a pass orders thousands of jobs."""
     age_scale = weights.age / weights.max_age
     size_scale = weights.size / math.log1p(weights.max_area)
     size_full, qos_weight = weights.size, weights.qos
@@ -114,8 +114,8 @@ def priorities(jobs: Sequence[PendingJob], now: float, weights: Weights,
         request = job.request
         size = size_full - min(size_full, log1p(request.nodes * request.cpus * job.time_limit)
                                * size_scale)
-        result.append(age + size + fair_weight * fair_factor(job.user, job.queue)
-                      + qos_weight * job.qos)
+        result.append(-(age + size + fair_weight * fair_factor(job.user, job.queue)
+                        + qos_weight * job.qos))
     return result
 
 

@@ -29,7 +29,13 @@ from dataclasses import dataclass, field, replace
 
 from corral.errors import SpecError
 from corral.queue.capacity import Capacity
-from corral.queue.fairshare import FairShare, PriorityFactors, Weights, factors, priorities
+from corral.queue.fairshare import (
+    FairShare,
+    PriorityFactors,
+    Weights,
+    factors,
+    negated_priorities,
+)
 from corral.queue.model import (
     Decisions,
     DependencyKind,
@@ -79,14 +85,11 @@ def policy_named(name: str) -> Policy:
                         "queue policy") from None
 
 
-def active_users(state: QueueState) -> dict[str, set[str]]:
-    """Users with a job pending or running, per queue (they split their queue's share)."""
-    users: dict[str, set[str]] = {}
-    for job in state.pending:
-        users.setdefault(job.queue, set()).add(job.user)
-    for running in state.running:
-        users.setdefault(running.queue, set()).add(running.user)
-    return users
+def active_users(state: QueueState) -> dict[str, int]:
+    """How many users have a job pending or running, per queue (they split its share)."""
+    pairs = {(job.queue, job.user) for job in state.pending}
+    pairs.update((job.queue, job.user) for job in state.running)
+    return dict(Counter(queue for queue, _ in pairs))
 
 
 def priority_factors(state: QueueState, now: float,
@@ -104,8 +107,8 @@ def ordered(state: QueueState, now: float, policy: Policy) -> list[PendingJob]:
     weights = policy.weights
     fair = FairShare(state.usage, state.queues, active_users(state))
     pending = state.pending
-    keys = [(-p, job.submit, job.seq)
-            for p, job in zip(priorities(pending, now, weights, fair), pending, strict=True)]
+    keys = list(zip(negated_priorities(pending, now, weights, fair),
+                    [job.submit for job in pending], [job.seq for job in pending], strict=True))
     return [pending[i] for i in sorted(range(len(pending)), key=keys.__getitem__)]
 
 
