@@ -297,8 +297,15 @@ def schedule(state: QueueState, now: float, policy: Policy | None = None) -> Dec
             ending_now.update(v.id for v in victims)
 
     if not policy.backfill:
+        limited = work.limited_queues
         for job in rest:
-            reasons[job.id] = work.static_reason(job) or work.limit_reason(job) or Reason.PRIORITY
+            if job.held or job.after or job.array is not None or job.queue in limited:
+                reasons[job.id] = (work.static_reason(job) or work.limit_reason(job)
+                                   or Reason.PRIORITY)
+            elif work.never_fits.get(job.request.shape) is False:
+                reasons[job.id] = Reason.PRIORITY
+            else:
+                reasons[job.id] = work.static_reason(job) or Reason.PRIORITY
         return Decisions(tuple(work.starts), tuple(preemptions), reasons, None)
 
     shadow, spare = _reservation(state, now, top, work, ending_now)
