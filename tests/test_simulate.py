@@ -164,3 +164,12 @@ def test_kth_sp2_matches_the_published_figures(policy: str) -> None:
     slowdown, flow = PUBLISHED[policy]
     assert summary.mean_bounded_slowdown == pytest.approx(slowdown, rel=0.005)
     assert summary.mean_flow == pytest.approx(flow, rel=0.005)
+
+
+def test_kth_sp2_fairshare_beats_easy_sjbf_and_waits_no_longer_than_easy() -> None:
+    require(KTH.exists(), f"the KTH SP2 trace is not at {KTH} (set CORRAL_SHARED)")
+    jobs = trace_jobs(read_swf(KTH), 100)
+    easy = simulate(jobs, 100, POLICIES["easy"]).summary
+    fairshare = simulate(jobs, 100, POLICIES["fairshare"]).summary
+    assert fairshare.mean_bounded_slowdown < PUBLISHED["easy-sjbf"][0]
+    assert fairshare.max_wait <= easy.max_wait

@@ -16,7 +16,7 @@ One pass:
    preemptible jobs of no higher QoS stand in its way, they are preempted instead and the
    reservation is at once.
 4. Backfilling (all but ``fcfs``): each later job (in priority order, or shortest time
-   limit first for ``-sjbf`` and ``fairshare``) starts now if it fits now and either ends
+   limit first for ``easy-sjbf``) starts now if it fits now and either ends
    by ``shadow`` or fits in what the reservation leaves spare at ``shadow`` — so it never
    delays the top job (EASY backfilling, Lifka 1995; Mu'alem and Feitelson 2001).
 """
@@ -70,8 +70,9 @@ POLICIES: dict[str, Policy] = {
     "easy": Policy("easy", summary="FCFS order with EASY backfilling"),
     "easy-sjbf": Policy("easy-sjbf", shortest_first_backfill=True,
                         summary="EASY, backfill candidates shortest time limit first"),
-    "fairshare": Policy("fairshare", shortest_first_backfill=True, weights=Weights(),
-                        summary="multifactor priority (age, fair-share, size, QoS) + EASY-SJBF"),
+    "fairshare": Policy("fairshare", weights=Weights(),
+                        summary="multifactor priority (age, fair-share, size, QoS), EASY "
+                                "backfilling in that priority order"),
 }
 DEFAULT_POLICY = "fairshare"
 
