@@ -8,10 +8,12 @@ GPUs never add up to more than one GPU.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from dataclasses import replace
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from corral.errors import SpecError
@@ -118,12 +120,14 @@ def test_sjbf_tries_the_shortest_candidate_first() -> None:
 
 
 def _run_until_started(state: QueueState, policy: Policy, target: str) -> float:
-    """Run passes, each job lasting exactly its limit, until ``target`` starts."""
-    now = 0.0
+    """Run passes from t=10, each job lasting exactly its limit, until ``target`` starts
+    (usage stays as it was, so the priority order does not change on the way)."""
+    now = 10.0
     pending = {j.id: j for j in state.pending}
     active = {j.id: j for j in state.running}
     for _ in range(200):
-        current = QueueState(state.nodes, tuple(pending.values()), tuple(active.values()))
+        current = QueueState(state.nodes, tuple(pending.values()), tuple(active.values()),
+                             usage=state.usage)
         for start in schedule(current, now, policy).starts:
             if start.job_id == target:
                 return now
@@ -139,26 +143,29 @@ requests = st.tuples(st.integers(1, 2), st.integers(1, 4), st.sampled_from([0, 0
                      st.integers(1, 12))
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=int(os.environ.get("CORRAL_HYPOTHESIS_EXAMPLES", "150")), deadline=None)
 @given(node_count=st.integers(1, 3), gpus=st.integers(0, 2),
        workload=st.lists(requests, min_size=2, max_size=7),
-       policy_name=st.sampled_from(["easy", "easy-sjbf"]))
+       users=st.lists(st.sampled_from(["ann", "ben", "cid"]), min_size=7, max_size=7),
+       policy_name=st.sampled_from(["easy", "easy-sjbf", "fairshare"]))
 def test_backfilling_never_delays_the_top_jobs_reservation(
         node_count: int, gpus: int, workload: Sequence[tuple[int, int, float, int]],
-        policy_name: str) -> None:
-    pending = tuple(job(f"j{i}", i, nodes=n, cpus=c, gpus=g, limit=t)
+        users: list[str], policy_name: str) -> None:
+    pending = tuple(job(f"j{i}", i, nodes=n, cpus=c, gpus=g, limit=t, user=users[i],
+                        submit=float(i))
                     for i, (n, c, g, t) in enumerate(workload))
-    state = QueueState(nodes(node_count, 4, gpus), pending=pending)
-    first = schedule(state, 0, FCFS)
-    tops = [j for j, r in first.reasons.items() if r is Reason.RESOURCES]
-    if not tops:
-        return
-    (top,) = tops
+    state = QueueState(nodes(node_count, 4, gpus), pending=pending,
+                       usage={"ann": 50.0, "ben": 5.0})
     policy = policy_named(policy_name)
-    planned = schedule(state, 0, policy).reservation
+    no_backfill = replace(policy, backfill=False)  # same order, no backfilling
+    first = schedule(state, 10, no_backfill)
+    tops = [j for j, r in first.reasons.items() if r is Reason.RESOURCES]
+    assume(tops)  # some job has to wait
+    (top,) = tops
+    planned = schedule(state, 10, policy).reservation
     assert planned is not None and planned[0] == top
     with_backfill = _run_until_started(state, policy, top)
-    without = _run_until_started(state, FCFS, top)
+    without = _run_until_started(state, no_backfill, top)
     assert with_backfill <= without
     assert with_backfill == planned[1]  # exact limits: the top job starts as planned
 
