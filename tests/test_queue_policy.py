@@ -345,3 +345,21 @@ def test_an_unknown_policy_names_the_known_ones() -> None:
 def test_a_gpu_request_is_a_fraction_or_whole_gpus(gpus: float) -> None:
     with pytest.raises(SpecError, match="gpus"):
         Request(gpus=gpus)
+
+
+def test_memory_is_a_resource_like_cpus() -> None:
+    big = (Node("n0", 8, memory=1024), Node("n1", 8, memory=4096))
+    pending = (PendingJob("m", 0, "alice", 0, Request(cpus=1, memory=2048), 10),
+               PendingJob("huge", 1, "alice", 0, Request(cpus=1, memory=8192), 10))
+    decisions = schedule(QueueState(big, pending=pending), 0, EASY)
+    assert [(s.job_id, s.placement[0].node) for s in decisions.starts] == [("m", "n1")]
+    assert decisions.reasons == {"huge": Reason.NEVER_FITS}
+
+
+def test_usage_keeps_its_ratios_over_many_half_lives() -> None:
+    ledger = UsageLedger(half_life=1.0)
+    ledger.charge("alice", "default", 10, at=0)
+    ledger.charge("bob", "default", 10, at=700)  # 2**700 would overflow: the ledger rebases
+    ledger.charge("alice", "default", 30, at=700)
+    assert ledger.decayed("alice", 700) == pytest.approx(30)
+    assert ledger.decayed("bob", 701) == pytest.approx(5)

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import require
 from corral.cli import main
-from corral.errors import SpecError
+from corral.errors import CorralError, SpecError
 from corral.queue.policy import POLICIES
 from corral.queue.simulate import JobResult, Summary, simulate
 from corral.queue.swf import parse_lines, read_swf, trace_jobs
@@ -173,3 +173,19 @@ def test_kth_sp2_fairshare_beats_easy_sjbf_and_waits_no_longer_than_easy() -> No
     fairshare = simulate(jobs, 100, POLICIES["fairshare"]).summary
     assert fairshare.mean_bounded_slowdown < PUBLISHED["easy-sjbf"][0]
     assert fairshare.max_wait <= easy.max_wait
+
+
+def test_a_broken_gzip_trace_is_a_corral_error(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.swf.gz"
+    broken.write_bytes(b"not gzip at all")
+    with pytest.raises(CorralError, match="cannot read the trace"):
+        read_swf(broken)
+
+
+def test_every_user_on_request(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    trace = tmp_path / "small.swf"
+    trace.write_text(SMALL)
+    assert main(["simulate", str(trace), "--users", "2"]) == 0
+    assert "(3 more users; --users 0 shows all)" in capsys.readouterr().out
+    assert main(["simulate", str(trace), "--users", "0"]) == 0
+    assert "more users" not in capsys.readouterr().out
