@@ -162,7 +162,11 @@ def test_backfilling_never_delays_the_top_jobs_reservation(
     tops = [j for j, r in first.reasons.items() if r is Reason.RESOURCES]
     assume(tops)  # some job has to wait
     (top,) = tops
-    planned = schedule(state, 10, policy).reservation
+    decisions = schedule(state, 10, policy)
+    began = {start.job_id for start in decisions.starts}
+    assert began.isdisjoint(decisions.reasons)  # every job starts or says why it waits
+    assert began | set(decisions.reasons) == {j.id for j in pending}
+    planned = decisions.reservation
     assert planned is not None and planned[0] == top
     with_backfill = _run_until_started(state, policy, top)
     without = _run_until_started(state, no_backfill, top)
