@@ -2,11 +2,10 @@
 
 Event-driven: the clock jumps from one event to the next (a submission, a job's end) and
 every event runs one pass of the very function the agent runs,
-:func:`corral.queue.policy.schedule`. Events at the same time are taken as the reference
-simulator (pyss, used by the published figures) takes them: submissions first, in trace
-order, then ends, in the order the jobs started. As there, a submission triggers a pass
-only if the submitted job fits in the processors free at that moment (a pass for a job
-that cannot start now changes nothing in the reference); every end triggers one.
+:func:`corral.queue.policy.schedule`, so the top job's reservation is recomputed at every
+event. Events at the same time are taken as the reference simulator (pyss, used by the
+published figures) takes them: submissions first, in trace order, then ends, in the order
+the jobs started.
 
 The machine is one pool of processors (an SWF trace knows no nodes); a job holds its
 processors from its start for its (capped) run time; the policy plans with the requested
@@ -109,13 +108,12 @@ def simulate(jobs: Sequence[TraceJob], procs: int, policy: Policy,
     running: dict[str, RunningJob] = {}
     ends: list[tuple[float, int, str]] = []  # (end, start order, job id)
     started: dict[str, float] = {}
-    free = float(procs)
     start_order = 0
     passes = 0
     next_arrival = 0
 
     def run_pass(now: float) -> None:
-        nonlocal free, start_order, passes
+        nonlocal start_order, passes
         passes += 1
         state = QueueState(nodes, tuple(pending.values()), tuple(running.values()),
                            queues=queues, usage=usage)
@@ -125,7 +123,6 @@ def simulate(jobs: Sequence[TraceJob], procs: int, policy: Policy,
             running[job.id] = RunningJob(job.id, job.user, now, job.estimate,
                                          (NodeShare("pool", float(job.procs)),),
                                          queue=waiting.queue)
-            free -= job.procs
             started[job.id] = now
             heapq.heappush(ends, (now + job.run, start_order, job.id))
             start_order += 1
@@ -136,13 +133,11 @@ def simulate(jobs: Sequence[TraceJob], procs: int, policy: Policy,
             job = arrivals[next_arrival]
             next_arrival += 1
             pending[job.id] = _pending(job)
-            if job.procs <= free:
-                run_pass(job.submit)
+            run_pass(job.submit)
         else:
             now, _, job_id = heapq.heappop(ends)
             job = by_id[job_id]
             del running[job_id]
-            free += job.procs
             if policy.weights is not None:
                 ledger.charge(job.user, job.queue, job.procs * job.run, now)
             run_pass(now)
