@@ -404,7 +404,7 @@ class K8sCluster:
 
     @staticmethod
     def _node_condition(node: dict[str, Any]) -> str:
-        for cond in node.get("status", {}).get("conditions", []):
+        for cond in (node.get("status") or {}).get("conditions") or []:
             if cond["type"] == "Ready":
                 return "Ready" if cond["status"] == "True" else f"NotReady ({cond.get('reason')})"
         return "NotReady (no condition)"
@@ -732,7 +732,7 @@ internalCertManagement:
             done = {
                 i["metadata"]["name"] for i in items
                 if any(c["type"] == "Established" and c["status"] == "True"
-                       for c in i.get("status", {}).get("conditions", []))
+                       for c in (i.get("status") or {}).get("conditions") or [])
             }
             return {n.split("/", 1)[1] for n in names} <= done
 
