@@ -282,8 +282,11 @@ class SlurmCluster:
         return True
 
     def crash_node(self, name: str) -> None:
-        """A node dies: every process in its namespace (slurmd, job steps, tasks) is
-        SIGKILLed at once. slurmctld notices when the node misses SlurmdTimeout."""
+        """A node loses power: its link goes down first (so its peers get no RST or FIN,
+        as from a machine that is simply gone), then every process in its namespace
+        (slurmd, job steps, tasks) is SIGKILLed. slurmctld notices when the node misses
+        SlurmdTimeout; the job's other nodes wait for it as they would for a dead machine."""
+        _run("ip", "-n", f"corral-{name}", "link", "set", "eth0", "down")
         pids = self._pids_in_namespaces([f"corral-{name}"])
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
@@ -293,7 +296,9 @@ class SlurmCluster:
         (self.pid_dir / f"slurmd-{name}.pid").unlink(missing_ok=True)
 
     def restore_node(self, name: str, timeout: float = 60) -> None:
-        """Start the node's slurmd again and wait until every node is idle."""
+        """Power the node back on: its link up, its slurmd started; wait until every node
+        is idle."""
+        _run("ip", "-n", f"corral-{name}", "link", "set", "eth0", "up")
         conf = str(self.conf)
         self._spawn(f"slurmd-{name}", f"corral-{name}", name,
                     [SBIN + "slurmd", "-D", "-N", name, "-f", conf])
