@@ -23,7 +23,7 @@ from corral.errors import SubmitError
 from corral.spec import JobSpec, JobState
 from corral.status import JobStatus
 
-pytestmark = pytest.mark.k8s
+pytestmark = [pytest.mark.k8s, pytest.mark.usefixtures("k8s_cluster")]
 POD = KINDS[("v1", "Pod")]
 CONFIG_MAP = KINDS[("v1", "ConfigMap")]
 IMAGE = "corral-test:latest"  # the fake kubelet runs the host's Python instead of images
@@ -247,3 +247,33 @@ def test_distributed_function_returns_every_rank_through_the_pod_logs(k8s_cluste
     results = remote(10)
     assert [value for value, _ in results] == [10, 11, 12, 13]
     assert len({host for _, host in results}) == 2
+
+
+def test_cancel_reaches_every_rank_gracefully_and_leaves_no_process(tmp_path: Path) -> None:
+    import psutil
+
+    kube = backend("volcano")
+    trap = (f'trap \'echo TERM > {tmp_path}/rank-$RANK.term; exit 0\' TERM; '
+            'echo ready; sleep 300 & wait')
+    ref = kube.submit(command(trap, nodes=2, procs_per_node=2, name="graceful"))
+    wait_for(kube, ref.job_id, lambda s: sum(
+        t == "ready" for _, t in kube.logs(ref.job_id)) == 4)
+    assert kube.cancel(ref.job_id).state is JobState.CANCELLED
+    # the kubelet signals each pod's main process only: corral's pod entry passes it on
+    assert sorted(p.name for p in tmp_path.glob("*.term")) == [
+        f"rank-{r}.term" for r in range(4)]
+
+    def leftovers() -> list[int]:
+        found = []
+        for proc in psutil.process_iter(["pid"]):
+            try:
+                if proc.environ().get("CORRAL_JOB_ID") == ref.job_id:
+                    found.append(proc.pid)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        return found
+
+    deadline = time.monotonic() + 15
+    while leftovers():
+        assert time.monotonic() < deadline, leftovers()
+        time.sleep(0.5)
