@@ -96,6 +96,32 @@ def test_jobset_with_kueue_ddp_two_pods_two_ranks(admin: KubeApi, tmp_path: Path
         delete_queue(admin, "ddp-queue", "default", kueue=True)
 
 
+def test_open_mpi_across_pods_through_corrals_remote_shell(tmp_path: Path) -> None:
+    kube = backend("volcano")
+    ref = kube.submit(program("mpi_allreduce.py", str(tmp_path), nodes=2, procs_per_node=2,
+                              launcher="mpirun"))
+    status = kube.wait(ref.job_id, timeout=180)
+    assert status.state is JobState.SUCCEEDED, status.summary()
+    ranks = read_rank_outputs(tmp_path)
+    assert sorted(ranks) == [0, 1, 2, 3]
+    for rank, record in ranks.items():
+        assert record["sum"] == 10 and record["mpi_size"] == 4
+        assert record["env"]["NODE_RANK"] == str(rank // 2)
+    lines = [text for _, text in kube.logs(ref.job_id, rank=3)]  # from node 1's pod
+    assert lines, "rank 3's lines are missing from its pod's log"
+
+
+def test_a_failing_mpi_rank_in_another_pod_is_named(admin: KubeApi) -> None:
+    kube = backend("volcano")
+    ref = kube.submit(command('echo "rank $RANK up"; [ "$RANK" = 3 ] && exit 3; sleep 60',
+                              nodes=2, procs_per_node=2, launcher="mpirun", name="mpifail"))
+    status = kube.wait(ref.job_id, timeout=120)
+    assert status.state is JobState.FAILED, status.summary()
+    assert status.failure is not None and status.failure.rank == 3, status.summary()
+    assert status.failure.returncode == 3 and status.failure.node == 1
+    assert "-node-1 on node node" in status.summary(), status.summary()
+
+
 def test_plain_job_submit_describe_logs_cancel(admin: KubeApi) -> None:
     kube = backend("job")
     ref = kube.submit(command('echo "hello from $RANK"; sleep 300', nodes=2))

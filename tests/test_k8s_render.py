@@ -238,11 +238,30 @@ def test_options_from_the_command_line_forms() -> None:
     assert options.labels == {"a": "b", "c": "d"}
 
 
-def test_missing_image_and_mpirun_are_refused_before_anything_is_sent() -> None:
+def test_missing_image_and_mpich_are_refused_before_anything_is_sent() -> None:
     with pytest.raises(SpecError, match="image"):
         plan_for("job", job_spec=spec(image=None))
-    with pytest.raises(SpecError, match="mpirun"):
-        plan_for("job", job_spec=spec(launcher="mpirun"))
+    with pytest.raises(SpecError, match="openmpi"):
+        plan_for("job", job_spec=spec(launcher="mpirun", mpi="mpich"))
+
+
+def test_mpirun_reaches_the_other_pods_through_corrals_remote_shell() -> None:
+    plan = render(spec(launcher="mpirun"), job_id="train-261129-101010-abcdef",
+                  options=KubernetesOptions(flavour="volcano"), local_workdir="/home/me/p",
+                  rsh_token="secret-token")
+    node0, node1 = plan.pod_plan["nodes"]
+    assert node1["processes"] == []  # mpirun on node 0 starts node 1's ranks
+    (mpirun,) = node0["processes"]
+    argv = mpirun["argv"]
+    assert argv[0] == "mpirun"
+    assert argv[1:3] == ["--mca", "plm_rsh_agent"]
+    assert argv[3] == "python3 -m corral.runtime.rsh"
+    assert "orte_leave_session_attached" in argv
+    assert mpirun["env"]["CORRAL_RSH_TOKEN"] == "secret-token"
+    assert plan.pod_plan["rsh"] == {"port": 29501, "token": "secret-token"}
+    hostfile = next(iter(node0["files"].values()))
+    assert hostfile.split() == [f"{pod_host('volcano', plan.name, 0)}", "slots=2",
+                                f"{pod_host('volcano', plan.name, 1)}", "slots=2"]
 
 
 def test_two_volumes_at_one_path_are_refused() -> None:

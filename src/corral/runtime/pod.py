@@ -173,6 +173,35 @@ def _wait(pid: int) -> int:
     return code if code >= 0 else 128 - code
 
 
+def serve_mpirun(rank: int, nodes: int, rsh: dict[str, Any], log_dir: str, run_dir: str,
+                 out: IO[str]) -> int:
+    """A node whose ranks mpirun starts from node 0: serve its remote shell (once), relay the
+    ranks' logs meanwhile, and end with what mpirun's daemon here ended with."""
+    from corral.runtime import rsh as remote
+
+    say(out, f"node {rank} of {nodes} on {os.uname().nodename}: waiting for mpirun on node 0 "
+        f"(remote shell on port {rsh['port']})")
+    stop = threading.Event()
+
+    def on_term(*_: object) -> None:
+        stop.set()
+        remote.terminate()
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    relay = Relay(log_dir, out)
+    done = threading.Event()
+    relaying = threading.Thread(target=relay.run, args=(done,), daemon=True)
+    relaying.start()
+    code = remote.serve(str(rsh["token"]), int(rsh["port"]), stop)
+    done.set()
+    relaying.join()
+    relay.poll(final=True)
+    results(run_dir, out)
+    say(out, f"node {rank} done: exit code {code}")
+    return code if 0 <= code < 256 else 128 + signal.SIGTERM
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     with open(args[0], encoding="utf-8") as handle:
@@ -195,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     node_plan = os.path.join(run_dir, f"node-{rank}.json")
     Path(node_plan).write_text(json.dumps({**node, "log_dir": log_dir,
                                            "grace": plan.get("grace", 10)}), encoding="utf-8")
+    rsh = plan.get("rsh")
+    if rsh and not node["processes"]:  # mpirun on node 0 starts this node's ranks
+        return serve_mpirun(rank, len(plan["nodes"]), rsh, log_dir, run_dir, out)
     say(out, f"node {rank} of {len(plan['nodes'])} on {os.uname().nodename}: starting "
         f"{len(node['processes'])} process(es)")
     agent, events = start_agent(node_plan, workdir, os.path.join(log_dir, f"node-{rank}.log"))

@@ -18,7 +18,7 @@ from typing import Any
 
 from corral.backends.base import Backend, Capabilities, JobRef, Plan
 from corral.errors import BackendError, SubmitError
-from corral.launchers.failures import parse_torchrun
+from corral.launchers.failures import parse_mpirun, parse_torchrun
 from corral.logs import LogSource
 from corral.rundir import new_job_id
 from corral.runtime.procs import describe_returncode
@@ -41,7 +41,15 @@ from .observe import (
 )
 from .options import KubernetesOptions
 from .package import pack
-from .render import JOB_ID_ANNOTATION, JOB_LABEL, SELECTOR, WORKLOADS, KubePlan, render
+from .render import (
+    JOB_ID_ANNOTATION,
+    JOB_LABEL,
+    SELECTOR,
+    WORKLOADS,
+    KubePlan,
+    pod_host,
+    render,
+)
 
 POD = KINDS[("v1", "Pod")]
 CONFIG_MAP = KINDS[("v1", "ConfigMap")]
@@ -93,7 +101,10 @@ class KubernetesBackend(Backend):
     def render(self, spec: JobSpec, job_id: str | None = None) -> KubePlan:
         job_id = job_id or new_job_id(spec.name)
         workdir = os.path.abspath(spec.workdir or os.getcwd())
-        return render(spec, job_id=job_id, options=self.options, local_workdir=workdir)
+        import secrets
+
+        return render(spec, job_id=job_id, options=self.options, local_workdir=workdir,
+                      rsh_token=secrets.token_hex(16) if spec.launcher == "mpirun" else "")
 
     def record_details(self, spec: JobSpec, plan: Plan) -> dict[str, Any]:
         assert isinstance(plan, KubePlan)
@@ -319,20 +330,36 @@ class KubernetesBackend(Backend):
         rank, code = None, int(ended.get("exitCode") or 1)
         if exits:
             (_, rank, code), _ = min(exits)
-        if record.launcher in ("torchrun", "deepspeed"):  # the launcher names the rank
-            inner = parse_torchrun("\n".join(
+        if record.launcher in ("torchrun", "deepspeed", "mpirun"):  # it names the rank
+            parse = parse_mpirun if record.launcher == "mpirun" else parse_torchrun
+            inner = parse("\n".join(
                 t for s, t in parse_pod_log(lines, node) if s.kind == "node"))
             if inner is not None:
                 rank, code = inner.rank, inner.returncode
+        home = rank // record.procs_per_node if rank is not None else node
+        pod_name = pod["metadata"]["name"]
+        host = (pod.get("spec") or {}).get("nodeName") or "?"
+        if home != node:  # mpirun on node 0 named a rank of another pod
+            node, lines = home, []
+            if home in by_node:
+                pod = by_node[home]
+                pod_name, host = pod["metadata"]["name"], pod["spec"].get("nodeName") or "?"
+                lines = logs.get(home) or self._log_tail(pod)
+                ended = terminated(pod) or ended
+            else:  # already deleted by its workload controller: named as it was
+                flavour = self._flavour(record)
+                pod_name = pod_host(flavour, record.engine_id or "", home).split(".")[0]
+                seen = [r.host for r in self.store.status(record.id).ranks
+                        if r.node == home and r.host]
+                host = seen[0] if seen else "?"
         why = ended.get("reason", "")
         cause = (f"{why} {ended.get('message', '')}".strip()
                  if why in ("OOMKilled", "DeadlineExceeded", "Evicted")
                  else describe_returncode(code))
-        host = (pod.get("spec") or {}).get("nodeName") or "?"
         own = [t for s, t in parse_pod_log(lines, node)
                if rank is None or (s.kind == "rank" and s.number == rank)]
         return Failure(node=node, rank=rank, returncode=code,
-                       reason=f"{cause} (pod {pod['metadata']['name']} on node {host})",
+                       reason=f"{cause} (pod {pod_name} on node {host})",
                        last_lines=own[-20:], time=time.time(),
                        log=f"corral logs {record.id}" + (f" --rank {rank}" if rank is not None
                                                          else ""))

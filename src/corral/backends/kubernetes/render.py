@@ -239,8 +239,24 @@ def _entry_in_pod(spec: JobSpec, local_workdir: str, pod_workdir: str) -> JobSpe
     return spec
 
 
+def _through_corral_rsh(proc: dict[str, Any], options: KubernetesOptions,
+                        token: str) -> dict[str, Any]:
+    """Open MPI's mpirun, told to start its daemons in the other pods through corral's
+    remote shell (the pods run no sshd), one daemon per pod, straight from node 0."""
+    argv = proc["argv"]
+    mca = ["--mca", "plm_rsh_agent", f"{options.python} -m corral.runtime.rsh",
+           "--mca", "plm_rsh_no_tree_spawn", "1",
+           # the daemon stays in the foreground: the pod lives as long as it does
+           "--mca", "orte_leave_session_attached", "1"]
+    env = {**proc["env"], "CORRAL_RSH_TOKEN": token,
+           "CORRAL_RSH_PORT": str(options.master_port + 1),
+           # pods often run as root; mpirun refuses that unless told
+           "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+    return {**proc, "argv": [argv[0], *mca, *argv[1:]], "env": env}
+
+
 def node_plans(spec: JobSpec, options: KubernetesOptions, flavour: str, name: str,
-               job_id: str) -> list[dict[str, Any]]:
+               job_id: str, rsh_token: str = "") -> list[dict[str, Any]]:
     """Every node's processes, as the node agent takes them."""
     hosts = tuple(pod_host(flavour, name, i) for i in range(spec.nodes))
     nodes = []
@@ -254,12 +270,14 @@ def node_plans(spec: JobSpec, options: KubernetesOptions, flavour: str, name: st
         if "OMP_NUM_THREADS" not in spec.env and spec.resources.cpus:
             threads["OMP_NUM_THREADS"] = str(max(1, int(spec.resources.cpus
                                                         // spec.procs_per_node)))
+        processes = [{"argv": list(p.argv), "env": {**dict(p.env), **threads},
+                      "rank": p.rank, "local_rank": p.local_rank, "log": p.log_name}
+                     for p in launch.processes]
+        if spec.launcher == "mpirun":
+            processes = [_through_corral_rsh(p, options, rsh_token) for p in processes]
         nodes.append({
             "node_rank": node_rank, "mode": "exec", "preload": [], "target": None,
-            "files": dict(launch.files),
-            "processes": [{"argv": list(p.argv), "env": {**dict(p.env), **threads},
-                           "rank": p.rank, "local_rank": p.local_rank, "log": p.log_name}
-                          for p in launch.processes],
+            "files": dict(launch.files), "processes": processes,
         })
     return nodes
 
@@ -270,10 +288,10 @@ def check(spec: JobSpec, options: KubernetesOptions) -> tuple[str, list[str]]:
     if not image:
         raise SpecError([("image", None, "the kubernetes backend needs a container image with "
                           "Python and corral installed: --image IMAGE (or -o image=IMAGE)")])
-    if spec.launcher == "mpirun":
-        raise SpecError([("launcher", "mpirun", "not on kubernetes yet: mpirun reaches other "
-                          "pods over ssh, which corral's pods do not run; accepted here: "
-                          "torchrun, deepspeed, none")])
+    if spec.launcher == "mpirun" and spec.mpi != "openmpi":
+        raise SpecError([("mpi", spec.mpi, "on kubernetes, mpirun is Open MPI's (its daemons "
+                          "reach the other pods through corral's remote shell); accepted: "
+                          "openmpi")])
     warnings = []
     if options.flavour == "job":
         warnings.append("flavour 'job' (a plain Indexed Job): nothing guarantees that all "
@@ -286,7 +304,9 @@ def check(spec: JobSpec, options: KubernetesOptions) -> tuple[str, list[str]]:
 
 
 def render(spec: JobSpec, *, job_id: str, options: KubernetesOptions,
-           local_workdir: str) -> KubePlan:
+           local_workdir: str, rsh_token: str = "") -> KubePlan:
+    """The job's objects. ``rsh_token`` (random, from the caller) lets mpirun's daemons into
+    the job's other pods."""
     flavour = options.flavour
     image, warnings = check(spec, options)
     name = object_name(job_id)
@@ -304,8 +324,10 @@ def render(spec: JobSpec, *, job_id: str, options: KubernetesOptions,
         "job_id": job_id, "node_rank_env": NODE_RANK_ENV[flavour], "run_dir": RUN_DIR,
         "log_dir": LOG_DIR, "workdir": workdir, "package": package,
         "grace": max(1, options.termination_grace - 2),
-        "nodes": node_plans(spec, options, flavour, name, job_id),
+        "nodes": node_plans(spec, options, flavour, name, job_id, rsh_token),
     }
+    if spec.launcher == "mpirun":
+        pod_plan["rsh"] = {"port": options.master_port + 1, "token": rsh_token}
     import json
 
     config_map = {"apiVersion": "v1", "kind": "ConfigMap",
