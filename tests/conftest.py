@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import psutil
 import pytest
@@ -68,6 +68,24 @@ def python() -> str:
     return sys.executable
 
 
+def _for_the_session(test_cluster: Any, what: str, keep: str) -> Iterator[object]:
+    """Up (reusing a healthy one), its variables in os.environ while the session runs, then
+    down again unless ``$keep`` is set."""
+    started = time.monotonic()
+    test_cluster.up()
+    print(f"{what} test cluster up in {time.monotonic() - started:.1f}s")
+    saved = {k: os.environ.get(k) for k in test_cluster.env}
+    os.environ.update(test_cluster.env)
+    yield test_cluster
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    if not os.environ.get(keep):
+        test_cluster.down()
+
+
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[object]:
     require(os.geteuid() == 0, "the Slurm test cluster needs root (network namespaces)")
@@ -77,20 +95,7 @@ def cluster() -> Iterator[object]:
     from infra.slurm_cluster import SlurmCluster
 
     state = Path(os.environ.get("CORRAL_SLURM_STATE", "/tmp/corral-slurm"))
-    started = time.monotonic()
-    test_cluster = SlurmCluster(state)
-    test_cluster.up()
-    print(f"slurm test cluster up in {time.monotonic() - started:.1f}s")
-    saved = {k: os.environ.get(k) for k in test_cluster.env}
-    os.environ.update(test_cluster.env)
-    yield test_cluster
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-    if not os.environ.get("CORRAL_KEEP_SLURM"):
-        test_cluster.down()
+    yield from _for_the_session(SlurmCluster(state), "slurm", "CORRAL_KEEP_SLURM")
 
 
 @pytest.fixture(scope="session")
@@ -107,20 +112,7 @@ def k8s_cluster() -> Iterator[object]:
     from infra.k8s_cluster import K8sCluster
 
     state = Path(os.environ.get("CORRAL_K8S_STATE", "/tmp/corral-k8s"))
-    started = time.monotonic()
-    test_cluster = K8sCluster(state)
-    test_cluster.up()
-    print(f"kubernetes test cluster up in {time.monotonic() - started:.1f}s")
-    saved = {k: os.environ.get(k) for k in test_cluster.env}
-    os.environ.update(test_cluster.env)
-    yield test_cluster
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-    if not os.environ.get("CORRAL_KEEP_K8S"):
-        test_cluster.down()
+    yield from _for_the_session(K8sCluster(state), "kubernetes", "CORRAL_KEEP_K8S")
 
 
 @pytest.fixture

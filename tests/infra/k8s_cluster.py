@@ -37,13 +37,10 @@ from __future__ import annotations
 
 import argparse
 import base64
-import contextlib
 import json
-import os
 import secrets
 import shlex
 import shutil
-import signal
 import ssl
 import subprocess
 import sys
@@ -53,6 +50,25 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+try:  # imported as infra.<module> by pytest (tests/ on sys.path), or run as a script
+    from infra.hostprocs import alive as _alive
+    from infra.hostprocs import comm as _comm
+    from infra.hostprocs import daemon_pids as _daemon_pids
+    from infra.hostprocs import pids_in_netns as _pids_in_netns
+    from infra.hostprocs import run as _run
+    from infra.hostprocs import running as _running
+    from infra.hostprocs import stop_all as _stop_all
+    from infra.hostprocs import wait_until as _wait
+except ImportError:
+    from hostprocs import alive as _alive  # type: ignore[no-redef]
+    from hostprocs import comm as _comm  # type: ignore[no-redef]
+    from hostprocs import daemon_pids as _daemon_pids  # type: ignore[no-redef]
+    from hostprocs import pids_in_netns as _pids_in_netns  # type: ignore[no-redef]
+    from hostprocs import run as _run  # type: ignore[no-redef]
+    from hostprocs import running as _running  # type: ignore[no-redef]
+    from hostprocs import stop_all as _stop_all  # type: ignore[no-redef]
+    from hostprocs import wait_until as _wait  # type: ignore[no-redef]
 
 DEFAULT_STATE_DIR = Path("/tmp/corral-k8s")
 HERE = Path(__file__).resolve().parent
@@ -118,97 +134,24 @@ tiers:
 """
 
 
-# ------------------------------------------------------------------ processes (as slurm_cluster)
-def _run(*argv: str, check: bool = True, env: dict[str, str] | None = None) -> str:
-    proc = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
-    if check and proc.returncode != 0:
-        raise RuntimeError(f"{shlex.join(argv)} failed ({proc.returncode}): {proc.stderr.strip()}")
-    return proc.stdout
 
 
-def _stat(pid: int) -> list[str]:
-    """/proc/PID/stat after the command name: [state, ppid, ...]; [] if there is no such PID."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return []
 
 
-def _alive(pid: int) -> bool:
-    """True while the process runs (a zombie counts as gone)."""
-    return _stat(pid)[:1] not in ([], ["Z"])
 
 
-def _comm(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
 
 
-def _running(pid: int, comm: str) -> bool:
-    return _alive(pid) and _comm(pid) == comm
 
 
-def _reap(pid: int) -> None:
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
 
 
-def _stop_all(procs: list[tuple[int, str]], grace: float) -> None:
-    """SIGTERM each (pid, comm) that still runs `comm`; SIGKILL whatever is left after `grace` s."""
-    live = [pid for pid, comm in procs if _running(pid, comm)]
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-        for pid in live:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-        deadline = time.monotonic() + wait
-        while live and time.monotonic() < deadline:
-            time.sleep(0.05)
-            for pid in live:
-                _reap(pid)
-            live = [pid for pid in live if _alive(pid)]
-        if not live:
-            return
-    raise RuntimeError(f"could not stop processes {live}")
 
 
-def _daemon_pids(pid_dir: Path) -> dict[str, tuple[int, str]]:
-    """{name: (pid, comm)} from pid_dir/NAME.pid."""
-    found = {}
-    for path in sorted(pid_dir.glob("*.pid")) if pid_dir.is_dir() else []:
-        pid, _, comm = path.read_text().strip().partition(" ")
-        if pid.isdigit() and comm:
-            found[path.stem] = (int(pid), comm)
-    return found
 
 
-def _pids_in_netns(names: list[str]) -> list[int]:
-    """PIDs of processes whose network namespace is one of `names` (by nsfs inode)."""
-    inodes = set()
-    for ns in names:
-        with contextlib.suppress(OSError):
-            inodes.add(os.stat(f"/run/netns/{ns}").st_ino)
-    pids = []
-    for entry in os.listdir("/proc") if inodes else []:
-        if entry.isdigit() and int(entry) != os.getpid():
-            try:
-                if os.stat(f"/proc/{entry}/ns/net").st_ino in inodes:
-                    pids.append(int(entry))
-            except OSError:
-                continue
-    return pids
 
 
-def _wait(
-    ok: Callable[[], bool], timeout: float, what: str, detail: Callable[[], str] | None = None
-) -> None:
-    deadline = time.monotonic() + timeout
-    while not ok():
-        if time.monotonic() >= deadline:
-            extra = f": {detail()}" if detail else ""
-            raise TimeoutError(f"{what} after {timeout:.0f}s{extra}")
-        time.sleep(0.1)
 
 
 def _json_documents(text: str) -> list[Any]:
@@ -331,7 +274,7 @@ class K8sCluster:
         groups.insert(1, ([n for n in daemons if n not in named], 5))  # anything else recorded
         for names, grace in groups:
             procs = [daemons[n] for n in names if n in daemons]
-            _stop_all(procs, grace)
+            _stop_all(procs, grace, kill_wait=5.0)
             for name in names:
                 (self.pid_dir / f"{name}.pid").unlink(missing_ok=True)
             if names is kubelets:
@@ -863,7 +806,7 @@ internalCertManagement:
             recorded += [ns for ns in path.read_text().split() if ns.startswith(POD_NETNS_PREFIX)]
         present = set(_run("ip", "netns", "list", check=False).split())
         ours = [ns for ns in dict.fromkeys(recorded) if ns in present]
-        _stop_all([(pid, _comm(pid)) for pid in _pids_in_netns(ours)], grace=2)
+        _stop_all([(pid, _comm(pid)) for pid in _pids_in_netns(ours)], grace=2, kill_wait=5.0)
         for ns in ours:
             _run("ip", "netns", "delete", ns, check=False)
 

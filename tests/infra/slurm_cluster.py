@@ -37,8 +37,30 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
+
+try:  # imported as infra.<module> by pytest (tests/ on sys.path), or run as a script
+    from infra.hostprocs import alive as _alive
+    from infra.hostprocs import comm as _comm
+    from infra.hostprocs import daemon_pids as _daemon_pids
+    from infra.hostprocs import pids_in_netns as _pids_in_netns
+    from infra.hostprocs import reap as _reap
+    from infra.hostprocs import run as _run
+    from infra.hostprocs import running as _running
+    from infra.hostprocs import stat as _stat
+    from infra.hostprocs import stop_all as _stop_all
+    from infra.hostprocs import wait_until as _wait
+except ImportError:
+    from hostprocs import alive as _alive  # type: ignore[no-redef]
+    from hostprocs import comm as _comm  # type: ignore[no-redef]
+    from hostprocs import daemon_pids as _daemon_pids  # type: ignore[no-redef]
+    from hostprocs import pids_in_netns as _pids_in_netns  # type: ignore[no-redef]
+    from hostprocs import reap as _reap  # type: ignore[no-redef]
+    from hostprocs import run as _run  # type: ignore[no-redef]
+    from hostprocs import running as _running  # type: ignore[no-redef]
+    from hostprocs import stat as _stat  # type: ignore[no-redef]
+    from hostprocs import stop_all as _stop_all  # type: ignore[no-redef]
+    from hostprocs import wait_until as _wait  # type: ignore[no-redef]
 
 DEFAULT_STATE_DIR = Path("/tmp/corral-slurm")
 BRIDGE = "corral-br0"
@@ -54,31 +76,12 @@ MUNGED_ARGV = ["setpriv", "--reuid=munge", "--regid=munge", "--init-groups", SBI
 REQUIRED_BINARIES = ["slurmctld", "slurmd", "sbatch", "munged", "sshd", "ssh-keygen", "mpirun"]
 
 
-def _run(*argv: str, check: bool = True, env: dict[str, str] | None = None) -> str:
-    proc = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
-    if check and proc.returncode != 0:
-        raise RuntimeError(f"{shlex.join(argv)} failed ({proc.returncode}): {proc.stderr.strip()}")
-    return proc.stdout
 
 
-def _stat(pid: int) -> list[str]:
-    """/proc/PID/stat after the command name: [state, ppid, ...]; [] if there is no such PID."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return []
 
 
-def _alive(pid: int) -> bool:
-    """True while the process runs (a zombie counts as gone)."""
-    return _stat(pid)[:1] not in ([], ["Z"])
 
 
-def _comm(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
 
 
 def _ppid(pid: int) -> int:
@@ -86,45 +89,12 @@ def _ppid(pid: int) -> int:
     return int(fields[1]) if len(fields) > 1 else 0
 
 
-def _reap(pid: int) -> None:
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
-def _stop_all(procs: list[tuple[int, str]], grace: float) -> None:
-    """SIGTERM each (pid, comm) that still runs `comm`; SIGKILL whatever is left after `grace` s."""
-    live = [pid for pid, comm in procs if _running(pid, comm)]
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 2.0)):
-        for pid in live:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + wait
-        while live and time.monotonic() < deadline:
-            time.sleep(0.05)
-            for pid in live:
-                _reap(pid)
-            live = [pid for pid in live if _alive(pid)]
-        if not live:
-            return
-    raise RuntimeError(f"could not stop processes {live}")
 
 
-def _daemon_pids(pid_dir: Path) -> dict[str, tuple[int, str]]:
-    """{name: (pid, comm)} from pid_dir/NAME.pid."""
-    found = {}
-    for path in sorted(pid_dir.glob("*.pid")) if pid_dir.is_dir() else []:
-        pid, _, comm = path.read_text().strip().partition(" ")
-        if pid.isdigit() and comm:
-            found[path.stem] = (int(pid), comm)
-    return found
 
 
-def _running(pid: int, comm: str) -> bool:
-    return _alive(pid) and _comm(pid) == comm
 
 
 def _foreign_cluster_up(state_dir: Path) -> Path | None:
@@ -205,7 +175,7 @@ class SlurmCluster:
         self._spawn(
             "sshd", CONTROLLER_NS, CONTROLLER, [SBIN + "sshd", "-D", "-e", "-f", sshd_config]
         )
-        self._wait(self._controller_up, 10, "slurmctld did not answer `scontrol ping`")
+        _wait(self._controller_up, 10, "slurmctld did not answer `scontrol ping`")
         for name in self.node_names:
             argv = [SBIN + "slurmd", "-D", "-N", name, "-f", conf]
             self._spawn(f"slurmd-{name}", f"corral-{name}", name, argv)
@@ -214,7 +184,7 @@ class SlurmCluster:
         # SchedulerParameters then); a job submitted before it waits for it anyway.
         ctld_log = self.log_dir / "slurmctld.log"
         with contextlib.suppress(TimeoutError):
-            self._wait(lambda: "SchedulerParameters=" in ctld_log.read_text(), 6, "scheduler")
+            _wait(lambda: "SchedulerParameters=" in ctld_log.read_text(), 6, "scheduler")
 
     def down(self) -> None:
         """Cancel all jobs; stop (by PID) what still runs in our namespaces (slurmstepd, job
@@ -225,7 +195,7 @@ class SlurmCluster:
         if "slurmctld" in daemons and _running(*daemons["slurmctld"]) and self.conf.exists():
             self._slurm("scancel", "--user=root", check=False)
             try:
-                self._wait(self._no_running_jobs, 3, "jobs still running")
+                _wait(self._no_running_jobs, 3, "jobs still running")
             except TimeoutError:
                 pass  # killed below
         netns_file = self.state_dir / "netns"
@@ -237,7 +207,7 @@ class SlurmCluster:
             ours = []  # the network belongs to another cluster that is still up
         daemon_pids = {pid for pid, _ in daemons.values()}
         leftovers = [  # job steps and tasks first; daemons' own helpers go with them
-            p for p in self._pids_in_namespaces(ours) if not {p, _ppid(p)} & daemon_pids
+            p for p in _pids_in_netns(ours) if not {p, _ppid(p)} & daemon_pids
         ]
         _stop_all([(pid, _comm(pid)) for pid in leftovers], grace=0.5)
         # slurmctld first: a stopping slurmd waits MessageTimeout for a stopping slurmctld
@@ -246,7 +216,7 @@ class SlurmCluster:
         _stop_all([proc for proc in daemons.values() if proc != ctld], grace=5)
         for name in daemons:
             (self.pid_dir / f"{name}.pid").unlink(missing_ok=True)
-        _stop_all([(pid, _comm(pid)) for pid in self._pids_in_namespaces(ours)], grace=0.5)
+        _stop_all([(pid, _comm(pid)) for pid in _pids_in_netns(ours)], grace=0.5)
         for ns in ours:
             _run("ip", "netns", "delete", ns, check=False)
         for link in [*(self._veth(ns) for ns in ours), *([] if foreign else [BRIDGE])]:
@@ -287,7 +257,7 @@ class SlurmCluster:
         (slurmd, job steps, tasks) is SIGKILLed. slurmctld notices when the node misses
         SlurmdTimeout; the job's other nodes wait for it as they would for a dead machine."""
         _run("ip", "-n", f"corral-{name}", "link", "set", "eth0", "down")
-        pids = self._pids_in_namespaces([f"corral-{name}"])
+        pids = _pids_in_netns([f"corral-{name}"])
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -312,7 +282,7 @@ class SlurmCluster:
         """Wait until sinfo shows every node idle."""
         want = dict.fromkeys(self.node_names, "idle")
         states = self._node_states
-        self._wait(lambda: states() == want, timeout, "nodes not idle", lambda: repr(states()))
+        _wait(lambda: states() == want, timeout, "nodes not idle", lambda: repr(states()))
 
     # ----------------------------------------------------------------- internals
     def _slurm(self, *argv: str, check: bool = True) -> str:
@@ -327,36 +297,6 @@ class SlurmCluster:
     def _node_states(self) -> dict[str, str]:
         out = self._slurm("sinfo", "-h", "-N", "-p", "debug", "-o", "%N %T", check=False)
         return dict(line.split(None, 1) for line in out.splitlines() if " " in line)
-
-    @staticmethod
-    def _wait(
-        ok: Callable[[], bool], timeout: float, what: str, detail: Callable[[], str] | None = None
-    ) -> None:
-        deadline = time.monotonic() + timeout
-        while not ok():
-            if time.monotonic() >= deadline:
-                extra = f": {detail()}" if detail else ""
-                raise TimeoutError(f"{what} after {timeout:.0f}s{extra}")
-            time.sleep(0.1)
-
-    @staticmethod
-    def _pids_in_namespaces(namespaces: list[str]) -> list[int]:
-        """PIDs of processes whose network namespace is one of ours (by nsfs inode)."""
-        inodes = set()
-        for ns in namespaces:
-            try:
-                inodes.add(os.stat(f"/run/netns/{ns}").st_ino)
-            except OSError:
-                continue
-        pids = []
-        for entry in os.listdir("/proc") if inodes else []:
-            if entry.isdigit() and int(entry) != os.getpid():
-                try:
-                    if os.stat(f"/proc/{entry}/ns/net").st_ino in inodes:
-                        pids.append(int(entry))
-                except OSError:
-                    continue
-        return pids
 
     @staticmethod
     def _veth(ns: str) -> str:
@@ -403,7 +343,7 @@ class SlurmCluster:
             cmd += ["sh", "-c", script]
         pid = int(_run(*cmd).strip())
         comm = (comm or Path(argv[0]).name)[:15]
-        self._wait(lambda: _comm(pid) == comm or not _alive(pid), 5, f"{name} did not exec")
+        _wait(lambda: _comm(pid) == comm or not _alive(pid), 5, f"{name} did not exec")
         if not _alive(pid):
             tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
             raise RuntimeError(f"{name} exited at once; {log}:\n{tail}")
@@ -422,7 +362,7 @@ class SlurmCluster:
         Path("/run/munge").mkdir(mode=0o755, exist_ok=True)
         shutil.chown("/run/munge", "munge", "munge")
         self._spawn("munged", None, None, MUNGED_ARGV, comm="munged")
-        self._wait(self._munge_works, 10, "munged did not answer")
+        _wait(self._munge_works, 10, "munged did not answer")
 
     @staticmethod
     def _munge_works() -> bool:
