@@ -106,3 +106,14 @@ def wait_until(ok: Callable[[], bool], timeout: float, what: str,
             extra = f": {detail()}" if detail else ""
             raise TimeoutError(f"{what} after {timeout:.0f}s{extra}")
         time.sleep(0.1)
+
+
+def foreign_cluster_up(bridge: str, state_dir: Path) -> Path | None:
+    """The state dir of another cluster that holds `bridge` (named in its alias) and whose
+    daemons still run: a cluster that `up` and `down` with `state_dir` must leave alone."""
+    try:
+        owner = Path(Path(f"/sys/class/net/{bridge}/ifalias").read_text().strip() or "/")
+    except OSError:
+        return None
+    up = any(running(*proc) for proc in daemon_pids(owner / "pids").values())
+    return owner if owner != state_dir and up else None

@@ -55,6 +55,7 @@ try:  # imported as infra.<module> by pytest (tests/ on sys.path), or run as a s
     from infra.hostprocs import alive as _alive
     from infra.hostprocs import comm as _comm
     from infra.hostprocs import daemon_pids as _daemon_pids
+    from infra.hostprocs import foreign_cluster_up as _foreign_cluster_up
     from infra.hostprocs import pids_in_netns as _pids_in_netns
     from infra.hostprocs import run as _run
     from infra.hostprocs import running as _running
@@ -64,6 +65,7 @@ except ImportError:
     from hostprocs import alive as _alive  # type: ignore[no-redef]
     from hostprocs import comm as _comm  # type: ignore[no-redef]
     from hostprocs import daemon_pids as _daemon_pids  # type: ignore[no-redef]
+    from hostprocs import foreign_cluster_up as _foreign_cluster_up  # type: ignore[no-redef]
     from hostprocs import pids_in_netns as _pids_in_netns  # type: ignore[no-redef]
     from hostprocs import run as _run  # type: ignore[no-redef]
     from hostprocs import running as _running  # type: ignore[no-redef]
@@ -134,26 +136,6 @@ tiers:
 """
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 def _json_documents(text: str) -> list[Any]:
     """The objects of kubectl's `-o json` output: one, a List, or several one after another."""
     decoder, pos, found = json.JSONDecoder(), 0, []
@@ -164,16 +146,6 @@ def _json_documents(text: str) -> list[Any]:
         while pos < len(text) and text[pos].isspace():
             pos += 1
     return found
-
-
-def _foreign_cluster_up(state_dir: Path) -> Path | None:
-    """The state dir of another cluster that holds the bridge (its alias) and still runs."""
-    try:
-        owner = Path(Path(f"/sys/class/net/{BRIDGE}/ifalias").read_text().strip() or "/")
-    except OSError:
-        return None
-    alive = any(_running(*proc) for proc in _daemon_pids(owner / "pids").values())
-    return owner if owner != state_dir and alive else None
 
 
 # ------------------------------------------------------------------ build
@@ -245,7 +217,7 @@ class K8sCluster:
         self._bin = build()
         if self.healthy() and self._recorded_bin_dir() == self.bin:
             return
-        owner = _foreign_cluster_up(self.state_dir)
+        owner = _foreign_cluster_up(BRIDGE, self.state_dir)
         if owner:
             raise RuntimeError(f"the cluster with state dir {owner} is up: take it down first")
         self.down()
@@ -260,7 +232,7 @@ class K8sCluster:
         apiserver (SIGKILL after 1 s), etcd; delete the pod namespaces left and the bridge."""
         daemons = _daemon_pids(self.pid_dir)
         kubelets = [name for name in daemons if name.startswith("kubelet-")]
-        foreign = _foreign_cluster_up(self.state_dir)
+        foreign = _foreign_cluster_up(BRIDGE, self.state_dir)
         groups: list[tuple[list[str], float]] = [
             (kubelets, 15),
             (ADDONS, 5),

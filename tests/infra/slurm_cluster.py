@@ -43,6 +43,7 @@ try:  # imported as infra.<module> by pytest (tests/ on sys.path), or run as a s
     from infra.hostprocs import alive as _alive
     from infra.hostprocs import comm as _comm
     from infra.hostprocs import daemon_pids as _daemon_pids
+    from infra.hostprocs import foreign_cluster_up as _foreign_cluster_up
     from infra.hostprocs import pids_in_netns as _pids_in_netns
     from infra.hostprocs import reap as _reap
     from infra.hostprocs import run as _run
@@ -54,6 +55,7 @@ except ImportError:
     from hostprocs import alive as _alive  # type: ignore[no-redef]
     from hostprocs import comm as _comm  # type: ignore[no-redef]
     from hostprocs import daemon_pids as _daemon_pids  # type: ignore[no-redef]
+    from hostprocs import foreign_cluster_up as _foreign_cluster_up  # type: ignore[no-redef]
     from hostprocs import pids_in_netns as _pids_in_netns  # type: ignore[no-redef]
     from hostprocs import reap as _reap  # type: ignore[no-redef]
     from hostprocs import run as _run  # type: ignore[no-redef]
@@ -76,35 +78,9 @@ MUNGED_ARGV = ["setpriv", "--reuid=munge", "--regid=munge", "--init-groups", SBI
 REQUIRED_BINARIES = ["slurmctld", "slurmd", "sbatch", "munged", "sshd", "ssh-keygen", "mpirun"]
 
 
-
-
-
-
-
-
-
-
 def _ppid(pid: int) -> int:
     fields = _stat(pid)
     return int(fields[1]) if len(fields) > 1 else 0
-
-
-
-
-
-
-
-
-
-
-def _foreign_cluster_up(state_dir: Path) -> Path | None:
-    """The state dir of another cluster that holds the bridge (its alias) and still runs."""
-    try:
-        owner = Path(Path(f"/sys/class/net/{BRIDGE}/ifalias").read_text().strip() or "/")
-    except OSError:
-        return None
-    alive = any(_running(*proc) for proc in _daemon_pids(owner / "pids").values())
-    return owner if owner != state_dir and alive else None
 
 
 def install_packages() -> None:
@@ -147,7 +123,7 @@ class SlurmCluster:
         """Bring the cluster up; reuse it when it is already up and every node is idle."""
         if self.healthy(settle=10):
             return
-        owner = _foreign_cluster_up(self.state_dir)
+        owner = _foreign_cluster_up(BRIDGE, self.state_dir)
         if owner:
             raise RuntimeError(f"the cluster with state dir {owner} is up: take it down first")
         self.down()
@@ -202,7 +178,7 @@ class SlurmCluster:
         recorded = netns_file.read_text().split() if netns_file.exists() else []
         present = set(_run("ip", "netns", "list", check=False).split())
         ours = [ns for ns in dict.fromkeys([*recorded, *self._namespaces()]) if ns in present]
-        foreign = _foreign_cluster_up(self.state_dir)
+        foreign = _foreign_cluster_up(BRIDGE, self.state_dir)
         if foreign:
             ours = []  # the network belongs to another cluster that is still up
         daemon_pids = {pid for pid, _ in daemons.values()}
