@@ -22,6 +22,7 @@ from __future__ import annotations
 import abc
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -78,6 +79,20 @@ def spec_summary(spec: JobSpec) -> dict[str, Any]:
     data["entrypoint"] = ({"kind": "function", "label": entry.label}
                           if isinstance(entry, Function) else entry.model_dump(mode="json"))
     return data
+
+
+def check_workdir(spec: JobSpec, workdir: str) -> None:
+    """Before a working directory is shipped with a job (a snapshot, a code package): it
+    exists, and a script given by a relative path is in it; else nothing is submitted."""
+    from corral.spec import Script
+
+    if not os.path.isdir(workdir):
+        raise SubmitError(f"workdir: {workdir!r} is not a directory")
+    entry = spec.entrypoint
+    if isinstance(entry, Script) and not entry.path.startswith("/") and not os.path.isfile(
+            os.path.join(workdir, entry.path)):
+        raise SubmitError(f"entrypoint: script {entry.path!r} not found in {workdir}; "
+                          "nothing was submitted")
 
 
 class Backend(abc.ABC):

@@ -16,13 +16,13 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from corral.backends.base import Backend, Capabilities, JobRef, Plan
+from corral.backends.base import Backend, Capabilities, JobRef, Plan, check_workdir
 from corral.errors import BackendError, SubmitError
 from corral.launchers.failures import parse_mpirun, parse_torchrun
 from corral.logs import LogSource
 from corral.rundir import new_job_id
 from corral.runtime.procs import describe_returncode
-from corral.spec import Function, JobSpec, JobState, Script
+from corral.spec import Function, JobSpec, JobState
 from corral.status import Failure, RankStatus
 from corral.store import JobRecord, Observation, Store
 
@@ -115,14 +115,8 @@ class KubernetesBackend(Backend):
         if not isinstance(kube_plan, KubePlan):
             raise SubmitError(f"the kubernetes backend cannot submit a "
                               f"{type(kube_plan).__name__}")
-        entry = spec.entrypoint
         if kube_plan.package:
-            if not os.path.isdir(kube_plan.workdir):
-                raise SubmitError(f"workdir: {kube_plan.workdir!r} is not a directory")
-            if isinstance(entry, Script) and not entry.path.startswith("/") and not (
-                    os.path.isfile(os.path.join(kube_plan.workdir, entry.path))):
-                raise SubmitError(f"entrypoint: script {entry.path!r} not found in "
-                                  f"{kube_plan.workdir}; nothing was submitted")
+            check_workdir(spec, kube_plan.workdir)
         for warning in kube_plan.warnings:
             sys.stderr.write(f"corral: warning: {warning}\n")
         return super().submit(spec, kube_plan)

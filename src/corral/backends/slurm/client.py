@@ -10,14 +10,14 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from corral.backends.base import Backend, Capabilities, JobRef, Plan
+from corral.backends.base import Backend, Capabilities, JobRef, Plan, check_workdir
 from corral.errors import BackendError, SpecError, SubmitError
 from corral.launchers.failures import parse_torchrun
 from corral.logs import LogFollower, LogSource
 from corral.rundir import new_job_id, runs_root
 from corral.runtime.procs import describe_returncode
 from corral.snapshot import snapshot_files
-from corral.spec import Function, JobSpec, JobState, Script
+from corral.spec import Function, JobSpec, JobState
 from corral.status import Failure, RankStatus, TaskStatus
 from corral.store import JobRecord, Observation, Store, corral_home
 
@@ -171,14 +171,7 @@ class SlurmBackend(Backend):
         slurm_plan = self.render(spec) if plan is None else plan
         if not isinstance(slurm_plan, SlurmPlan):
             raise SubmitError(f"the slurm backend cannot submit a {type(slurm_plan).__name__}")
-        if not os.path.isdir(slurm_plan.workdir):
-            raise SubmitError(f"workdir: {slurm_plan.workdir!r} is not a directory")
-        entry = spec.entrypoint
-        if isinstance(entry, Script) and not entry.path.startswith("/") and not os.path.isfile(
-            os.path.join(slurm_plan.workdir, entry.path)
-        ):
-            raise SubmitError(f"entrypoint: script {entry.path!r} not found in "
-                              f"{slurm_plan.workdir}; nothing was submitted")
+        check_workdir(spec, slurm_plan.workdir)
         for note in slurm_plan.notes:
             sys.stderr.write(f"corral: note: {note}\n")
         return super().submit(spec, slurm_plan)
