@@ -456,3 +456,16 @@ def test_waiting_reasons_from_volcano_kueue_and_the_scheduler() -> None:
     pulling = {"status": {"containerStatuses": [{"name": "main", "state": {"waiting": {
         "reason": "ImagePullBackOff", "message": "Back-off pulling image \"nope:1\""}}}]}}
     assert waiting_trouble(pulling) == ("ImagePullBackOff", 'Back-off pulling image "nope:1"')
+
+
+def test_a_missing_script_or_workdir_is_refused_before_anything_is_recorded(
+        tmp_path: Path) -> None:
+    from corral.backends.kubernetes import KubernetesBackend
+
+    kube = KubernetesBackend(KubernetesOptions(flavour="job"))
+    with pytest.raises(SubmitError, match=r"script 'nope\.py' not found"):
+        kube.submit(spec(entrypoint={"kind": "script", "path": "nope.py"},
+                         workdir=str(tmp_path)))
+    with pytest.raises(SubmitError, match="is not a directory"):
+        kube.submit(spec(workdir=str(tmp_path / "gone")))
+    assert kube.store.jobs("kubernetes") == []
