@@ -303,3 +303,23 @@ def test_cancel_reaches_every_rank_gracefully_and_leaves_no_process(tmp_path: Pa
     while leftovers():
         assert time.monotonic() < deadline, leftovers()
         time.sleep(0.5)
+
+
+def test_a_large_code_package_travels_through_object_storage(tmp_path: Path) -> None:
+    """fsspec's local filesystem stands in for S3/GCS here: the pods share the host's disk."""
+    work = tmp_path / "project"
+    work.mkdir()
+    (work / "weights.bin").write_bytes(os.urandom(1500 * 1024))  # over a ConfigMap's limit
+    (work / "check.py").write_text(
+        "import os\nprint('weights', os.path.getsize('weights.bin'))\n")
+    store = f"file://{tmp_path}/store"
+    kube = backend("job", package_store=store)
+    ref = kube.submit(JobSpec(entrypoint={"kind": "script", "path": "check.py"},
+                              workdir=str(work), image=IMAGE, nodes=2, name="big"))
+    status = kube.wait(ref.job_id, timeout=120)
+    assert status.state is JobState.SUCCEEDED, status.summary()
+    assert [t for _, t in kube.logs(ref.job_id, rank=1)] == [f"weights {1500 * 1024}"]
+    assert (tmp_path / "store" / ref.job_id / "code.tar.gz").stat().st_size > 1500 * 1024
+    with pytest.raises(SubmitError, match="package_store"):
+        backend("job").submit(JobSpec(entrypoint={"kind": "script", "path": "check.py"},
+                                      workdir=str(work), image=IMAGE, name="too-big"))

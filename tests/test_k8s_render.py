@@ -469,3 +469,12 @@ def test_a_missing_script_or_workdir_is_refused_before_anything_is_recorded(
     with pytest.raises(SubmitError, match="is not a directory"):
         kube.submit(spec(workdir=str(tmp_path / "gone")))
     assert kube.store.jobs("kubernetes") == []
+
+
+def test_a_package_store_moves_the_code_out_of_the_config_map() -> None:
+    plan = plan_for("volcano", package_store="s3://team-bucket/corral/")
+    assert plan.pod_plan["package_url"] == (
+        "s3://team-bucket/corral/train-261129-101010-abcdef/code.tar.gz")
+    assert "binaryData" not in plan.dry_run_text()
+    with pytest.raises(SpecError, match="package_store"):
+        KubernetesOptions(package_store="team-bucket/corral")

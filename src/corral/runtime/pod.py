@@ -4,7 +4,8 @@ The plan (rendered on the submitting machine, shipped in the job's ConfigMap) ho
 processes of every node; this pod is node ``$<node_rank_env>`` (``JOB_COMPLETION_INDEX``
 for Jobs and JobSets, ``VK_TASK_INDEX`` for Volcano). The entry point:
 
-1. unpacks the code package (``code.tar.gz``) into the working directory, when shipped;
+1. unpacks the code package (``code.tar.gz``, from the ConfigMap or, with a package store,
+   fetched from object storage with fsspec) into the working directory, when shipped;
 2. writes the files the launcher needs (a hostfile) and a function job's payload;
 3. starts corral's node agent (:mod:`corral.runtime.node`) for this node;
 4. relays every rank's log file to the pod's output, each line labelled ``[rank N] `` (the
@@ -63,6 +64,19 @@ def unpack(package: str, workdir: str) -> None:
                 raise SystemExit(f"corral: the code package holds {member.name!r}, which "
                                  "would land outside the working directory")
         archive.extractall(root)
+
+
+def fetch(url: str, path: str) -> str:
+    """The code package from object storage (fsspec, with the pod's own credentials)."""
+    try:
+        import fsspec
+    except ImportError:
+        raise SystemExit(f"corral: the code package is at {url}, and fetching it needs fsspec "
+                         "(and its filesystem, e.g. s3fs) in the image") from None
+    with fsspec.open(url, "rb") as source, open(path, "wb") as target:
+        while chunk := source.read(1 << 20):
+            target.write(chunk)
+    return path
 
 
 class Relay:
@@ -213,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     for folder in (run_dir, log_dir, workdir):
         os.makedirs(folder, exist_ok=True)
     package = os.path.join(os.path.dirname(os.path.abspath(args[0])), "code.tar.gz")
+    if plan.get("package_url"):
+        package = fetch(plan["package_url"], os.path.join(run_dir, "code.tar.gz"))
     if plan.get("package") and os.path.exists(package):
         unpack(package, workdir)
     payload = os.path.join(os.path.dirname(os.path.abspath(args[0])), "function.pkl")

@@ -40,7 +40,7 @@ from .observe import (
     workload_state,
 )
 from .options import KubernetesOptions
-from .package import pack
+from .package import pack, upload
 from .render import (
     JOB_ID_ANNOTATION,
     JOB_LABEL,
@@ -128,11 +128,19 @@ class KubernetesBackend(Backend):
         config_map = dict(plan.config_map)
         binary: dict[str, str] = {}
         if plan.package:
-            data, skipped = pack(plan.workdir, exclude=self.options.package_exclude,
-                                 max_kb=self.options.package_max_kb)
+            url = plan.pod_plan.get("package_url")
+            data, skipped = pack(
+                plan.workdir, exclude=self.options.package_exclude,
+                max_kb=self.options.package_store_max_mb * 1024 if url
+                else self.options.package_max_kb,
+                where=f"package_store_max_mb={self.options.package_store_max_mb:g} allows"
+                if url else "a ConfigMap can carry")
             for name, why in skipped:
                 sys.stderr.write(f"corral: warning: not shipped with the job: {name} ({why})\n")
-            binary["code.tar.gz"] = base64.b64encode(data).decode()
+            if url:
+                upload(data, url)
+            else:
+                binary["code.tar.gz"] = base64.b64encode(data).decode()
         if isinstance(spec.entrypoint, Function):
             from corral.runtime.call import dump_payload
 

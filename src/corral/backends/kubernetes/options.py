@@ -115,6 +115,10 @@ class KubernetesOptions(BaseModel):
     image_workdir: str = "/workspace"
     package_max_kb: int = Field(default=900, gt=0, le=1000)
     package_exclude: tuple[str, ...] = ()
+    # Object storage for the code package instead of the ConfigMap (an fsspec URL prefix such
+    # as s3://bucket/corral; the pods fetch it with fsspec and their own credentials).
+    package_store: str | None = Field(default=None, pattern=r"^[a-z][a-z0-9+.-]*://\S+$")
+    package_store_max_mb: float = Field(default=1024, gt=0)
     queue: str | None = Field(default=None, pattern=DNS_LABEL)  # Volcano queue
     kueue_queue: str | None = Field(default=None, pattern=DNS_LABEL)  # Kueue LocalQueue
     priority_class: str | None = Field(default=None, pattern=DNS_LABEL)

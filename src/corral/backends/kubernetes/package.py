@@ -17,8 +17,24 @@ from corral.snapshot import snapshot_files
 from corral.store import corral_home
 
 
-def pack(workdir: str, *, exclude: Sequence[str] = (), max_kb: int = 900
-         ) -> tuple[bytes, list[tuple[str, str]]]:
+def upload(data: bytes, url: str) -> None:
+    """The package into object storage (fsspec: s3://, gs://, az://, file://...)."""
+    from corral.errors import MissingDependency
+
+    try:
+        import fsspec
+    except ImportError as exc:
+        raise MissingDependency("fsspec", purpose="for -o package_store") from exc
+    try:
+        with fsspec.open(url, "wb", auto_mkdir=True) as handle:
+            handle.write(data)
+    except Exception as exc:  # each filesystem has its own errors: say which and where
+        raise SubmitError(f"package_store: cannot write the code package to {url}: "
+                          f"{type(exc).__name__}: {exc}") from None
+
+
+def pack(workdir: str, *, exclude: Sequence[str] = (), max_kb: float = 900,
+         where: str = "a ConfigMap can carry") -> tuple[bytes, list[tuple[str, str]]]:
     """(the package, files left out with why). Same bytes for the same files."""
     snap = snapshot_files(workdir, leave_out=[str(corral_home())], exclude=exclude)
     buffer = io.BytesIO()
@@ -36,7 +52,8 @@ def pack(workdir: str, *, exclude: Sequence[str] = (), max_kb: int = 900
         raise SubmitError(
             f"the code package of {workdir} is {len(data) // 1024} KiB compressed "
             f"({len(snap.files)} files, {snap.size // 1024} KiB), over the limit of "
-            f"{max_kb} KiB that a ConfigMap can carry (largest: {', '.join(sizes[-3:])}); "
-            "leave data and outputs out with .gitignore or -o package_exclude='data/*', or "
-            "build the code into the image and use -o code=image")
+            f"{max_kb:g} KiB that {where} (largest: {', '.join(sizes[-3:])}); leave data and "
+            "outputs out with .gitignore or -o package_exclude='data/*', ship it through "
+            "object storage with -o package_store=s3://BUCKET/PREFIX, or build the code into "
+            "the image and use -o code=image")
     return data, list(snap.skipped)

@@ -64,6 +64,11 @@ def object_name(job_id: str) -> str:
     return slug
 
 
+def package_url(store: str, job_id: str) -> str:
+    """Where a job's code package goes in object storage."""
+    return f"{store.rstrip('/')}/{job_id}/code.tar.gz"
+
+
 def pod_host(flavour: str, name: str, node: int) -> str:
     """The stable DNS name of a node's pod (``HOSTNAME.SUBDOMAIN``)."""
     if flavour == "volcano":
@@ -98,7 +103,8 @@ class KubePlan:
     def dry_run_text(self) -> str:
         shown = []
         for manifest in self.manifests:
-            if manifest["kind"] == "ConfigMap" and self.package:
+            if manifest["kind"] == "ConfigMap" and self.package and "package_url" not in (
+                    self.pod_plan):
                 manifest = {**manifest, "binaryData": {
                     "code.tar.gz": f"<{self.workdir}, packed at submit>"}}
             shown.append(to_yaml(manifest))
@@ -328,6 +334,8 @@ def render(spec: JobSpec, *, job_id: str, options: KubernetesOptions,
     }
     if spec.launcher == "mpirun":
         pod_plan["rsh"] = {"port": options.master_port + 1, "token": rsh_token}
+    if package and options.package_store:
+        pod_plan["package_url"] = package_url(options.package_store, job_id)
     import json
 
     config_map = {"apiVersion": "v1", "kind": "ConfigMap",
