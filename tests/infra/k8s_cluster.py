@@ -215,7 +215,7 @@ class K8sCluster:
         """Bring the cluster up: build what is missing, reuse a healthy cluster that runs the
         same binaries, else start everything from scratch."""
         self._bin = build()
-        if self.healthy() and self._recorded_bin_dir() == self.bin:
+        if self.healthy() and self._recorded_bin_dir() == self.bin and self._kubelets_run_me():
             return
         owner = _foreign_cluster_up(BRIDGE, self.state_dir)
         if owner:
@@ -226,6 +226,21 @@ class K8sCluster:
         except BaseException:
             self.down()  # leave nothing half-started; logs stay in <state>/log
             raise
+
+    def _kubelets_run_me(self) -> bool:
+        """Whether the fake kubelets run this very interpreter: their pods run the code under
+        test with it (a cluster started from another venv, perhaps deleted since, is not
+        reused)."""
+        for name, (pid, _) in _daemon_pids(self.pid_dir).items():
+            if not name.startswith("kubelet-"):
+                continue
+            try:
+                argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+            except OSError:
+                return False
+            if argv0 != sys.executable or not Path(argv0).exists():
+                return False
+        return True
 
     def down(self) -> None:
         """Stop (by PID) the kubelets, the add-ons, scheduler and controller-manager, the
