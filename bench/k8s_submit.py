@@ -78,13 +78,10 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib
 import json
 import os
-import platform
 import re
 import shlex
-import shutil
 import signal
 import statistics
 import subprocess
@@ -95,11 +92,11 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
-BENCH_DIR = Path(__file__).resolve().parent
-REPO_ROOT = BENCH_DIR.parent
+import harness
+from harness import BENCH_DIR, Case, Outcome, baseline_of
+
 TORCHX_SCRIPT = BENCH_DIR / "workloads" / "torchx_k8s_noop.py"
 PEERS_PYTHON = BENCH_DIR / ".venv-peers" / "bin" / "python"
 DEFAULT_STATE_DIR = Path("/tmp/corral-k8s")
@@ -136,46 +133,14 @@ class Cluster:
     bring_up_s: float | None = None
 
 
-def k8s_cluster_module() -> ModuleType:
-    """tests/infra/k8s_cluster.py (tests/ has no __init__.py: pytest puts it on sys.path)."""
-    tests = str(REPO_ROOT / "tests")
-    if tests not in sys.path:
-        sys.path.insert(0, tests)
-    return importlib.import_module("infra.k8s_cluster")
-
-
 def attach_cluster(state_dir: Path) -> Cluster:
     """Use the healthy cluster at state_dir, or bring one up (ours to take down)."""
-    module = k8s_cluster_module()
+    module = harness.infra_module("k8s_cluster")
     cluster = module.K8sCluster(state_dir)
-    if cluster.healthy():
-        print(f"cluster: using the one running at {cluster.state_dir} (left running)",
-              file=sys.stderr)
-        return Cluster(cluster.state_dir, cluster.kubeconfig)
-    # The module's own bookkeeping: {name: (pid, comm)} of the processes it started.
-    daemons = module._daemon_pids(cluster.pid_dir)
-    alive = sorted(name for name, proc in daemons.items() if module._running(*proc))
-    if alive:
-        sys.exit(f"cluster at {cluster.state_dir}: {', '.join(alive)} run(s) but it is not "
-                 "healthy; not touching a cluster this benchmark did not start (fix or take "
-                 "it down with tests/infra/k8s_cluster.py)")
-    print(f"cluster: none running at {cluster.state_dir}; bringing one up", file=sys.stderr)
-    started = time.perf_counter()
-    try:
-        cluster.up()
-    except (RuntimeError, TimeoutError) as error:  # e.g. another state dir's cluster is up
-        sys.exit(f"cluster: could not bring it up: {error}")
-    bring_up = time.perf_counter() - started
-    print(f"cluster: up in {bring_up:.1f} s (taken down at the end)", file=sys.stderr)
-    return Cluster(cluster.state_dir, cluster.kubeconfig, cluster, bring_up)
+    owned, bring_up = harness.reuse_or_bring_up(module, cluster, cluster.healthy(),
+                                                "tests/infra/k8s_cluster.py")
+    return Cluster(cluster.state_dir, cluster.kubeconfig, owned, bring_up)
 
-
-def release_cluster(cluster: Cluster) -> None:
-    if cluster.owned is None:
-        return
-    started = time.perf_counter()
-    cluster.owned.down()
-    print(f"cluster: taken down in {time.perf_counter() - started:.1f} s", file=sys.stderr)
 
 
 # --------------------------------------------------------------------------- looking
@@ -532,27 +497,12 @@ def torchx_argv(python: Path) -> list[str]:
     return [str(python), str(TORCHX_SCRIPT), QUEUE, NAMESPACE]
 
 
-@dataclass(frozen=True)
-class Case:
-    name: str
-    role: str  # "baseline" or "corral"
-    run: Callable[[Context], Sample]
-
-
 CASES = [
     Case("TorchX 0.7.0 `get_runner().run(app, scheduler=\"kubernetes\")`", "baseline",
          run_torchx),
     Case("`corral run --backend kubernetes --detach -o flavour=volcano`", "corral",
          run_corral),
 ]
-
-
-@dataclass
-class Outcome:
-    case: Case
-    samples: list[Sample] = field(default_factory=list)
-    warmup: list[Sample] = field(default_factory=list)
-    failure: str | None = None
 
 
 # --------------------------------------------------------------------------- running
@@ -620,10 +570,6 @@ def median(outcome: Outcome, metric: str) -> float | None:
 def ratio(outcome: Outcome, baseline: Outcome, metric: str) -> float | None:
     mine, base = median(outcome, metric), median(baseline, metric)
     return None if mine is None or base is None or base == 0 else mine / base
-
-
-def baseline_of(outcomes: list[Outcome]) -> Outcome:
-    return next(o for o in outcomes if o.case.role == "baseline")
 
 
 def corral_of(outcomes: list[Outcome]) -> Outcome:
@@ -728,17 +674,11 @@ def machine_info(cluster: Cluster, kube: Kube, corral: Path, peers_python: Path
                              "import torchx, kubernetes; print(torchx.__version__, "
                              "'kubernetes', kubernetes.__version__)"])
     return {
-        "nproc": os.cpu_count(),
-        "load_avg_1m_at_start": round(os.getloadavg()[0], 2),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
+        **harness.machine_facts(cluster.state_dir, cluster.owned, cluster.bring_up_s),
         "kubernetes": kube.version(),
         "torchx": torchx,
         "corral": str(corral),
         "corral_version": command_output([str(corral), "--version"]),
-        "cluster_state_dir": str(cluster.state_dir),
-        "cluster_started_here": cluster.owned is not None,
-        "cluster_bring_up_s": cluster.bring_up_s,
     }
 
 
@@ -748,11 +688,7 @@ def print_report(info: dict[str, Any], outcomes: list[Outcome], rounds: int) -> 
     print(f"machine: {info['nproc']} CPUs, load {info['load_avg_1m_at_start']} at start "
           f"{ARROW} {os.getloadavg()[0]:.2f} at end; {info['platform']}; Kubernetes "
           f"{info['kubernetes']}; TorchX {info['torchx']}; {info['corral_version']}")
-    if info["cluster_started_here"]:
-        where = f"started here in {info['cluster_bring_up_s']:.1f} s, taken down at the end"
-    else:
-        where = "already running, reused and left running"
-    print(f"cluster: {info['cluster_state_dir']} ({where})\n")
+    print(harness.cluster_line(info))
     print(table(outcomes), end="\n\n")
     print(summary(outcomes))
     steps_text = breakdown(outcomes)
@@ -790,36 +726,15 @@ def write_json(path: Path, info: dict[str, Any], outcomes: list[Outcome], rounds
 # --------------------------------------------------------------------------- main
 
 
-def default_corral() -> Path:
-    beside = Path(sys.executable).parent / "corral"
-    if beside.exists():
-        return beside
-    found = shutil.which("corral")
-    return Path(found) if found else REPO_ROOT / ".venv" / "bin" / "corral"
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=7, help="timed rounds (default: 7)")
-    parser.add_argument("--quick", action="store_true", help="2 timed rounds")
-    parser.add_argument("--json", type=Path, help="also write the raw samples here")
-    parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR,
-                        help=f"the test cluster's state dir (default: {DEFAULT_STATE_DIR})")
-    parser.add_argument("--corral", type=Path, default=default_corral(),
-                        help="the corral executable (default: the one beside this python)")
+    parser = harness.common_parser(__doc__.split("\n\n")[0], DEFAULT_STATE_DIR)
     parser.add_argument("--peers-python", type=Path, default=PEERS_PYTHON,
                         help=f"interpreter with TorchX (default: {PEERS_PYTHON})")
     parser.add_argument("--timeout", type=float, default=120.0,
                         help="seconds one run may take before it counts as failed")
     parser.add_argument("--idle-timeout", type=float, default=60.0,
                         help="seconds to wait for other pods and jobs to leave before each run")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.rounds = 2
-    if args.rounds < 1:
-        parser.error("--rounds must be at least 1")
-    if not args.corral.exists():
-        parser.error(f"no corral at {args.corral}; give --corral")
+    args = harness.checked(parser, parser.parse_args(argv))
     if not args.peers_python.exists():
         parser.error(f"no interpreter at {args.peers_python}; give --peers-python (one with "
                      "torchx 0.7.0 and kubernetes)")
@@ -835,7 +750,7 @@ def main(argv: list[str] | None = None) -> int:
         outcomes = run_all(cluster, kube, args.corral, args.peers_python, args.rounds,
                            args.timeout, args.idle_timeout)
     finally:
-        release_cluster(cluster)
+        harness.release(cluster.owned)
     print_report(info, outcomes, args.rounds)
     if args.json:
         commands = {"baseline": shlex.join(torchx_argv(args.peers_python)),

@@ -58,28 +58,24 @@ is counted as contended in the report and flagged in the JSON.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
-import platform
 import random
 import re
 import shlex
-import shutil
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
-BENCH_DIR = Path(__file__).resolve().parent
-REPO_ROOT = BENCH_DIR.parent
+import harness
+from harness import BENCH_DIR, Case, Outcome, baseline_of
+
 JOB_SCRIPT = BENCH_DIR / "workloads" / "slurm_hello.sh"
 DEFAULT_STATE_DIR = Path("/tmp/corral-slurm")
 
@@ -108,14 +104,6 @@ class Cluster:
     bring_up_s: float | None = None
 
 
-def slurm_cluster_module() -> ModuleType:
-    """tests/infra/slurm_cluster.py (tests/ has no __init__.py: pytest puts it on sys.path)."""
-    tests = str(REPO_ROOT / "tests")
-    if tests not in sys.path:
-        sys.path.insert(0, tests)
-    return importlib.import_module("infra.slurm_cluster")
-
-
 def slurm(env: dict[str, str], *argv: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout,
                           check=False)
@@ -136,37 +124,13 @@ def client_env(cluster_env: dict[str, str]) -> dict[str, str]:
 
 def attach_cluster(state_dir: Path) -> Cluster:
     """Use the cluster that runs at state_dir, or bring one up (ours to take down)."""
-    module = slurm_cluster_module()
+    module = harness.infra_module("slurm_cluster")
     cluster = module.SlurmCluster(state_dir)
     env = client_env(cluster.env)
-    if cluster.conf.exists() and controller_answers(env):
-        print(f"cluster: using the one running at {cluster.state_dir} (left running)",
-              file=sys.stderr)
-        return Cluster(cluster.state_dir, env, list(cluster.node_names))
-    # The module's own bookkeeping: {name: (pid, comm)} of the daemons it started.
-    daemons = module._daemon_pids(cluster.pid_dir)
-    alive = sorted(name for name, proc in daemons.items() if module._running(*proc))
-    if alive:
-        sys.exit(f"cluster at {cluster.state_dir}: {', '.join(alive)} run(s) but the "
-                 "controller does not answer; not touching a cluster this benchmark did not "
-                 "start (fix or take it down with tests/infra/slurm_cluster.py)")
-    print(f"cluster: none running at {cluster.state_dir}; bringing one up", file=sys.stderr)
-    started = time.perf_counter()
-    try:
-        cluster.up()
-    except RuntimeError as error:  # e.g. another state dir's cluster holds the network
-        sys.exit(f"cluster: could not bring it up: {error}")
-    bring_up = time.perf_counter() - started
-    print(f"cluster: up in {bring_up:.1f} s (taken down at the end)", file=sys.stderr)
-    return Cluster(cluster.state_dir, env, list(cluster.node_names), cluster, bring_up)
-
-
-def release_cluster(cluster: Cluster) -> None:
-    if cluster.owned is None:
-        return
-    started = time.perf_counter()
-    cluster.owned.down()
-    print(f"cluster: taken down in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    usable = cluster.conf.exists() and controller_answers(env)
+    owned, bring_up = harness.reuse_or_bring_up(module, cluster, usable,
+                                                "tests/infra/slurm_cluster.py")
+    return Cluster(cluster.state_dir, env, list(cluster.node_names), owned, bring_up)
 
 
 def job_ids(env: dict[str, str], all_states: bool) -> set[int]:
@@ -337,26 +301,11 @@ def corral_argv(corral: Path, python: str) -> list[str]:
             *CORRAL_COMMAND]
 
 
-@dataclass(frozen=True)
-class Case:
-    name: str
-    role: str  # "baseline" or "corral"
-    run: Callable[[Context], Sample]
-
-
 CASES = [
     Case("`sbatch --parsable` + `squeue -h -j ID` every 0.2 s + read output", "baseline",
          run_baseline),
     Case("`corral run --backend slurm --nodes 2 --procs-per-node 1`", "corral", run_corral),
 ]
-
-
-@dataclass
-class Outcome:
-    case: Case
-    samples: list[Sample] = field(default_factory=list)
-    warmup: list[Sample] = field(default_factory=list)
-    failure: str | None = None
 
 
 # --------------------------------------------------------------------------- running
@@ -428,10 +377,6 @@ def ratio(outcome: Outcome, baseline: Outcome) -> float | None:
     return None if wall is None or base is None else wall / base
 
 
-def baseline_of(outcomes: list[Outcome]) -> Outcome:
-    return next(o for o in outcomes if o.case.role == "baseline")
-
-
 def table(outcomes: list[Outcome]) -> str:
     baseline = baseline_of(outcomes)
     rows = [f"| case | median wall s | ratio vs baseline | mean s | min{DASH}max s |",
@@ -475,15 +420,9 @@ def contention_note(outcomes: list[Outcome]) -> str | None:
 def machine_info(cluster: Cluster, corral: Path) -> dict[str, Any]:
     version = slurm(cluster.env, "sbatch", "--version").stdout.strip()
     return {
-        "nproc": os.cpu_count(),
-        "load_avg_1m_at_start": round(os.getloadavg()[0], 2),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
+        **harness.machine_facts(cluster.state_dir, cluster.owned, cluster.bring_up_s),
         "slurm": version,
         "corral": str(corral),
-        "cluster_state_dir": str(cluster.state_dir),
-        "cluster_started_here": cluster.owned is not None,
-        "cluster_bring_up_s": cluster.bring_up_s,
     }
 
 
@@ -495,11 +434,7 @@ def print_report(info: dict[str, Any], outcomes: list[Outcome], rounds: int,
           f"median of {rounds} round(s) after 1 warm-up ({phases})\n")
     print(f"machine: {info['nproc']} CPUs, load {info['load_avg_1m_at_start']} at start → "
           f"{os.getloadavg()[0]:.2f} at end; {info['platform']}; {info['slurm']}")
-    if info["cluster_started_here"]:
-        where = f"started here in {info['cluster_bring_up_s']:.1f} s, taken down at the end"
-    else:
-        where = "already running, reused and left running"
-    print(f"cluster: {info['cluster_state_dir']} ({where})\n")
+    print(harness.cluster_line(info))
     print(table(outcomes), end="\n\n")
     print(summary(outcomes))
     note = contention_note(outcomes)
@@ -533,23 +468,8 @@ def write_json(path: Path, info: dict[str, Any], outcomes: list[Outcome], rounds
 # --------------------------------------------------------------------------- main
 
 
-def default_corral() -> Path:
-    beside = Path(sys.executable).parent / "corral"
-    if beside.exists():
-        return beside
-    found = shutil.which("corral")
-    return Path(found) if found else REPO_ROOT / ".venv" / "bin" / "corral"
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=7, help="timed rounds (default: 7)")
-    parser.add_argument("--quick", action="store_true", help="2 timed rounds")
-    parser.add_argument("--json", type=Path, help="also write the raw samples here")
-    parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR,
-                        help=f"the test cluster's state dir (default: {DEFAULT_STATE_DIR})")
-    parser.add_argument("--corral", type=Path, default=default_corral(),
-                        help="the corral executable (default: the one beside this python)")
+    parser = harness.common_parser(__doc__.split("\n\n")[0], DEFAULT_STATE_DIR)
     parser.add_argument("--python", default=sys.executable,
                         help="interpreter for corral's job (-o python=...; default: this one)")
     parser.add_argument("--timeout", type=float, default=120.0,
@@ -560,14 +480,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="each job sleeps this long first: a longer job (default: 0)")
     parser.add_argument("--random-phase", action="store_true",
                         help="start runs whenever they come, not spread over the second")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.rounds = 2
+    args = harness.checked(parser, parser.parse_args(argv))
     os.environ["CORRAL_BENCH_SLEEP"] = f"{args.job_seconds:g}"
-    if args.rounds < 1:
-        parser.error("--rounds must be at least 1")
-    if not args.corral.exists():
-        parser.error(f"no corral at {args.corral}; give --corral")
     return args
 
 
@@ -579,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
         outcomes = run_all(cluster, args.corral, args.python, args.rounds, args.timeout,
                            args.idle_timeout, args.random_phase)
     finally:
-        release_cluster(cluster)
+        harness.release(cluster.owned)
     print_report(info, outcomes, args.rounds, args.random_phase)
     if args.json:
         commands = {
