@@ -323,3 +323,58 @@ def test_a_large_code_package_travels_through_object_storage(tmp_path: Path) -> 
     with pytest.raises(SubmitError, match="package_store"):
         backend("job").submit(JobSpec(entrypoint={"kind": "script", "path": "check.py"},
                                       workdir=str(work), image=IMAGE, name="too-big"))
+
+
+SUBMITTER = '''
+import os, sys
+from corral.backends.kubernetes import KubernetesBackend, KubernetesOptions, api
+from corral.spec import JobSpec
+
+moment, workdir = sys.argv[1], sys.argv[2]
+real_create = api.KubeApi.create
+
+def create(self, manifest, dry_run=False):
+    if moment == "before" or (moment == "during" and manifest["kind"] == "Job"):
+        os._exit(9)  # the submitter dies before this object reaches the API server
+    created = real_create(self, manifest, dry_run)
+    if moment == "after" and manifest["kind"] == "Job":
+        os._exit(9)  # ... after the workload exists, before its id is recorded
+    return created
+
+api.KubeApi.create = create
+kube = KubernetesBackend(KubernetesOptions(flavour="job", poll_seconds=0.2))
+kube.submit(JobSpec(name="crash-" + moment, entrypoint={"kind": "command", "argv": ["true"]},
+                    workdir=workdir, image="corral-test:latest"))
+'''
+
+
+@pytest.mark.parametrize("moment", ["before", "during", "after"])
+def test_killed_submitter_is_reconciled_without_duplicates(admin: KubeApi, tmp_path: Path,
+                                                           moment: str) -> None:
+    import json
+
+    done = subprocess.run([sys.executable, "-c", SUBMITTER, moment, str(tmp_path)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 9, done.stderr  # the submitter really died
+    kube = backend("job")
+    [record] = kube.store.jobs("kubernetes", live=True)
+    assert record.state is JobState.SUBMITTING and record.engine_id is None
+    time.sleep(3.5)
+    env = {**os.environ, "CORRAL_SUBMIT_GRACE": "3"}
+    listed = subprocess.run([sys.executable, "-m", "corral.cli", "ps", "-a", "--json"],
+                            capture_output=True, text=True, env=env, timeout=60, check=False)
+    assert listed.returncode == 0, listed.stderr
+    [shown] = [j for j in json.loads(listed.stdout) if j["job_id"] == record.id]
+    jobs = [j for j in admin.list(KINDS[("batch/v1", "Job")], "default", SELECTOR)
+            if j["metadata"]["annotations"].get("corral.dev/job-id") == record.id]
+    if moment in ("before", "during"):
+        assert shown["state"] == "FAILED" and "submission lost" in shown["reason"], shown
+        assert jobs == []
+        name = (record.details or {})["name"]  # what it had created is gone too
+        assert admin.list(CONFIG_MAP, "default", f"{SELECTOR},corral.dev/job={name}") == []
+    else:
+        assert len(jobs) == 1  # adopted, never created twice
+        adopted = kube.store.get(record.id)
+        assert adopted.engine_id == jobs[0]["metadata"]["name"]
+        assert "adopted" in " ".join(e.reason for e in kube.store.events(record.id))
+        assert kube.wait(record.id, timeout=60).state is JobState.SUCCEEDED

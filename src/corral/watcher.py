@@ -82,3 +82,7 @@ def _reconcile(backend: Backend, records: list[JobRecord]) -> None:
                 JobState.FAILED, f"submission lost: the submitting process{who} died before "
                 f"{backend.name} accepted the job; nothing runs; submit it again",
                 finished=now), Source.RECONCILE, clear_owner=True)
+            try:
+                backend.discard_lost(record)
+            except CorralError:
+                pass  # left for the engine's own clean-up; the job is recorded lost anyway

@@ -8,6 +8,7 @@ so that every backend records, submits, watches and cancels jobs the same way::
                                        return the engine's own job id
     describe_many(records)             read: one batched look at many jobs
     find_submitted(records)            read: which of these corral ids the engine has
+    discard_lost(record)               side effects: what a half-done submission left
     _stop(record)                      side effects: ask the engine to stop a job
     logs(job_id, rank, follow)         read: per-rank lines
 
@@ -129,6 +130,11 @@ class Backend(abc.ABC):
     def find_submitted(self, records: Sequence[JobRecord]) -> dict[str, str]:
         """Engine ids of jobs that carry these corral ids (for a crashed submission)."""
         return {}
+
+    def discard_lost(self, record: JobRecord) -> None:
+        """Remove what a submission that died half-way left on the engine (the workload
+        itself never got there: it would have been adopted). Most engines leave nothing."""
+        return None
 
     @abc.abstractmethod
     def _stop(self, record: JobRecord) -> None:

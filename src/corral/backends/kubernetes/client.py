@@ -382,6 +382,19 @@ class KubernetesBackend(Backend):
                     found[job_id] = obj["metadata"]["name"]
         return found
 
+    def discard_lost(self, record: JobRecord) -> None:
+        """The ConfigMap (and Service) of a submission that died before its workload was
+        created: nothing owns them, so nothing else would delete them."""
+        name = (record.details or {}).get("name")
+        if not name:
+            return
+        for kind in (CONFIG_MAP, SERVICE):
+            for obj in self.api.list(kind, self.namespace, f"{SELECTOR},{JOB_LABEL}={name}"):
+                if (obj["metadata"].get("annotations") or {}).get(
+                        JOB_ID_ANNOTATION) == record.id:
+                    self.api.delete(kind, self.namespace, obj["metadata"]["name"],
+                                    propagation="Background")
+
     # -- logs, results, cancel ------------------------------------------------------------
 
     def _pods_by_node(self, record: JobRecord) -> dict[int, dict[str, Any]]:
