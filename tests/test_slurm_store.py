@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import read_until, require
+from conftest import leftover_processes, read_until, require
 from corral.backends.slurm import SlurmBackend, SlurmOptions
 from corral.spec import JobSpec, JobState
 from corral.status import JobStatus
@@ -133,9 +133,20 @@ def test_engine_requeue_is_followed(cluster: object, tmp_path: Path) -> None:
     while not marker.exists():
         assert time.monotonic() < deadline, backend.describe(job).summary()
         time.sleep(0.2)
-    slurm_id = backend.store.get(job).engine_id
-    subprocess.run(["scontrol", "requeue", str(slurm_id)], check=True, capture_output=True)
-    status = through_the_requeue(backend, job, str(slurm_id))
+    record = backend.store.get(job)
+    slurm_id = str(record.engine_id)
+    # Requeued and held until the first attempt's processes are gone: a new attempt that
+    # starts on the same node while slurmd still tears the old one down (same job id) can be
+    # killed with it, which is Slurm's business, not what this test is about.
+    subprocess.run(["scontrol", "requeuehold", slurm_id], check=True, capture_output=True)
+    deadline = time.monotonic() + 60
+    while leftover_processes(str(record.run_dir), job):
+        assert time.monotonic() < deadline, leftover_processes(str(record.run_dir), job)
+        time.sleep(0.2)
+    held = backend.describe(job)
+    assert held.state is JobState.PENDING and held.attempt == 2, held.summary()
+    subprocess.run(["scontrol", "release", slurm_id], check=True, capture_output=True)
+    status = through_the_requeue(backend, job, slurm_id)
     assert status.state is JobState.SUCCEEDED, status.summary()
     assert status.attempt == 2 and "(attempt 2)" in status.summary()
     moves = [(e.to_state, e.attempt) for e in backend.store.events(job)]
