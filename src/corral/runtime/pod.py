@@ -123,6 +123,26 @@ class Relay:
         while not stop.wait(RELAY_STEP):
             self.poll()
 
+    def start(self) -> None:
+        """Relay in a thread of its own until :meth:`finish`."""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self.run, args=(self._stop,), daemon=True)
+        self._thread.start()
+
+    def finish(self) -> None:
+        """Stop the thread, then copy what is left, the last partial lines too."""
+        self._stop.set()
+        self._thread.join()
+        self.poll(final=True)
+
+
+def finish_node(rank: int, code: int, relay: Relay, run_dir: str, out: IO[str]) -> int:
+    """The node's last lines, its function results, and its exit code (0-255)."""
+    relay.finish()
+    results(run_dir, out)
+    say(out, f"node {rank} done: exit code {code}")
+    return code if 0 <= code < 256 else 128 + signal.SIGTERM
+
 
 def say(out: IO[str], text: str) -> None:
     out.write(f"[corral] {text}\n")
@@ -204,16 +224,9 @@ def serve_mpirun(rank: int, nodes: int, rsh: dict[str, Any], log_dir: str, run_d
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
     relay = Relay(log_dir, out)
-    done = threading.Event()
-    relaying = threading.Thread(target=relay.run, args=(done,), daemon=True)
-    relaying.start()
+    relay.start()
     code = remote.serve(str(rsh["token"]), int(rsh["port"]), stop)
-    done.set()
-    relaying.join()
-    relay.poll(final=True)
-    results(run_dir, out)
-    say(out, f"node {rank} done: exit code {code}")
-    return code if 0 <= code < 256 else 128 + signal.SIGTERM
+    return finish_node(rank, code, relay, run_dir, out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -249,9 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: _signal(agent, signal.SIGTERM))
     signal.signal(signal.SIGINT, lambda *_: _signal(agent, signal.SIGTERM))
     relay = Relay(log_dir, out)
-    stop = threading.Event()
-    relaying = threading.Thread(target=relay.run, args=(stop,), daemon=True)
-    relaying.start()
+    relay.start()
     first_failure: dict[str, Any] | None = None
     for line in events:
         try:
@@ -269,12 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     if first_failure is not None:  # the failing rank's own code, not the stop's
         failed = int(first_failure["returncode"])
         code = failed if failed > 0 else 128 - failed
-    stop.set()
-    relaying.join()
-    relay.poll(final=True)
-    results(run_dir, out)
-    say(out, f"node {rank} done: exit code {code}")
-    return code if 0 <= code < 256 else 128 + signal.SIGTERM
+    return finish_node(rank, code, relay, run_dir, out)
 
 
 if __name__ == "__main__":

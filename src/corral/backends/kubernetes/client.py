@@ -353,7 +353,7 @@ class KubernetesBackend(Backend):
                 pod_name = pod_host(flavour, record.engine_id or "", home).split(".")[0]
                 seen = [r.host for r in self.store.status(record.id).ranks
                         if r.node == home and r.host]
-                host = seen[0] if seen else "?"
+                host = seen[0] if seen else self._scheduled_on(pod_name)
         why = ended.get("reason", "")
         cause = (f"{why} {ended.get('message', '')}".strip()
                  if why in ("OOMKilled", "DeadlineExceeded", "Evicted")
@@ -365,6 +365,17 @@ class KubernetesBackend(Backend):
                        last_lines=own[-20:], time=time.time(),
                        log=f"corral logs {record.id}" + (f" --rank {rank}" if rank is not None
                                                          else ""))
+
+    def _scheduled_on(self, pod: str) -> str:
+        """The node a deleted pod ran on, from the scheduler's event (kept for an hour)."""
+        try:
+            events = self.api.list(EVENT, self.namespace, field_selector=(
+                f"involvedObject.kind=Pod,involvedObject.name={pod},reason=Scheduled"))
+        except BackendError:
+            return "?"
+        found = [str(e.get("message", "")).rsplit(" to ", 1)[-1] for e in events
+                 if " to " in str(e.get("message", ""))]
+        return found[-1] if found else "?"
 
     def _log_tail(self, pod: dict[str, Any]) -> list[str]:
         try:
