@@ -135,3 +135,12 @@ def checked(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argpar
     if not args.corral.exists():
         parser.error(f"no corral at {args.corral}; give --corral")
     return args
+
+
+def print_report_end(outcomes: list[Outcome], note: str | None) -> None:
+    """The note on contended runs, then each failed case's failure."""
+    if note:
+        print(note)
+    for outcome in outcomes:
+        if outcome.failure:
+            print(f"\n### {outcome.case.role} failed\n```\n{outcome.failure}\n```")

@@ -437,12 +437,7 @@ def print_report(info: dict[str, Any], outcomes: list[Outcome], rounds: int,
     print(harness.cluster_line(info))
     print(table(outcomes), end="\n\n")
     print(summary(outcomes))
-    note = contention_note(outcomes)
-    if note:
-        print(note)
-    for outcome in outcomes:
-        if outcome.failure:
-            print(f"\n### {outcome.case.role} failed\n```\n{outcome.failure}\n```")
+    harness.print_report_end(outcomes, contention_note(outcomes))
 
 
 def write_json(path: Path, info: dict[str, Any], outcomes: list[Outcome], rounds: int,

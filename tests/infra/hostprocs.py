@@ -117,3 +117,19 @@ def foreign_cluster_up(bridge: str, state_dir: Path) -> Path | None:
         return None
     up = any(running(*proc) for proc in daemon_pids(owner / "pids").values())
     return owner if owner != state_dir and up else None
+
+
+def start_fresh(bridge: str, state_dir: Path, down: Callable[[], None],
+                start: Callable[[], None]) -> None:
+    """Start a cluster from scratch: refused while another state dir's cluster holds
+    `bridge`; whatever this one left is taken down first, and again if the start fails
+    (nothing stays half-started; the logs stay)."""
+    owner = foreign_cluster_up(bridge, state_dir)
+    if owner:
+        raise RuntimeError(f"the cluster with state dir {owner} is up: take it down first")
+    down()
+    try:
+        start()
+    except BaseException:
+        down()
+        raise

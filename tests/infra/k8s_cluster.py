@@ -59,6 +59,7 @@ try:  # imported as infra.<module> by pytest (tests/ on sys.path), or run as a s
     from infra.hostprocs import pids_in_netns as _pids_in_netns
     from infra.hostprocs import run as _run
     from infra.hostprocs import running as _running
+    from infra.hostprocs import start_fresh as _start_fresh
     from infra.hostprocs import stop_all as _stop_all
     from infra.hostprocs import wait_until as _wait
 except ImportError:
@@ -69,6 +70,7 @@ except ImportError:
     from hostprocs import pids_in_netns as _pids_in_netns  # type: ignore[no-redef]
     from hostprocs import run as _run  # type: ignore[no-redef]
     from hostprocs import running as _running  # type: ignore[no-redef]
+    from hostprocs import start_fresh as _start_fresh  # type: ignore[no-redef]
     from hostprocs import stop_all as _stop_all  # type: ignore[no-redef]
     from hostprocs import wait_until as _wait  # type: ignore[no-redef]
 
@@ -217,15 +219,7 @@ class K8sCluster:
         self._bin = build()
         if self.healthy() and self._recorded_bin_dir() == self.bin and self._kubelets_run_me():
             return
-        owner = _foreign_cluster_up(BRIDGE, self.state_dir)
-        if owner:
-            raise RuntimeError(f"the cluster with state dir {owner} is up: take it down first")
-        self.down()
-        try:
-            self._start()
-        except BaseException:
-            self.down()  # leave nothing half-started; logs stay in <state>/log
-            raise
+        _start_fresh(BRIDGE, self.state_dir, self.down, self._start)
 
     def _kubelets_run_me(self) -> bool:
         """Whether the fake kubelets run this very interpreter: their pods run the code under

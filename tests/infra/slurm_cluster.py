@@ -48,6 +48,7 @@ try:  # imported as infra.<module> by pytest (tests/ on sys.path), or run as a s
     from infra.hostprocs import reap as _reap
     from infra.hostprocs import run as _run
     from infra.hostprocs import running as _running
+    from infra.hostprocs import start_fresh as _start_fresh
     from infra.hostprocs import stat as _stat
     from infra.hostprocs import stop_all as _stop_all
     from infra.hostprocs import wait_until as _wait
@@ -60,6 +61,7 @@ except ImportError:
     from hostprocs import reap as _reap  # type: ignore[no-redef]
     from hostprocs import run as _run  # type: ignore[no-redef]
     from hostprocs import running as _running  # type: ignore[no-redef]
+    from hostprocs import start_fresh as _start_fresh  # type: ignore[no-redef]
     from hostprocs import stat as _stat  # type: ignore[no-redef]
     from hostprocs import stop_all as _stop_all  # type: ignore[no-redef]
     from hostprocs import wait_until as _wait  # type: ignore[no-redef]
@@ -123,15 +125,7 @@ class SlurmCluster:
         """Bring the cluster up; reuse it when it is already up and every node is idle."""
         if self.healthy(settle=10):
             return
-        owner = _foreign_cluster_up(BRIDGE, self.state_dir)
-        if owner:
-            raise RuntimeError(f"the cluster with state dir {owner} is up: take it down first")
-        self.down()
-        try:
-            self._start()
-        except BaseException:
-            self.down()  # leave nothing half-started; logs stay in <state>/log
-            raise
+        _start_fresh(BRIDGE, self.state_dir, self.down, self._start)
 
     def _start(self) -> None:
         for sub in ("ctld", "spool", "run", "log", *(f"tmp_{n}" for n in self.node_names)):
