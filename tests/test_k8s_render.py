@@ -258,6 +258,8 @@ def test_mpirun_reaches_the_other_pods_through_corrals_remote_shell() -> None:
     assert argv[3] == "python3 -m corral.runtime.rsh"
     assert "orte_leave_session_attached" in argv
     assert mpirun["env"]["CORRAL_RSH_TOKEN"] == "secret-token"
+    script = argv[argv.index("corral-rank") - 1]  # a failing rank reports itself to mpirun
+    assert script.startswith("exec 3>&2; ") and 'rank $RANK exited with code $rc" >&3' in script
     assert plan.pod_plan["rsh"] == {"port": 29501, "token": "secret-token"}
     hostfile = next(iter(node0["files"].values()))
     assert hostfile.split() == [f"{pod_host('volcano', plan.name, 0)}", "slots=2",

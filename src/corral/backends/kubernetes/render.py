@@ -28,6 +28,7 @@ from typing import Any
 
 from corral.errors import SpecError
 from corral.launchers import NodeContext, get_launcher
+from corral.launchers.base import SHIM_NAME
 from corral.spec import Function, JobSpec, Script
 
 from .options import KubernetesOptions
@@ -258,7 +259,24 @@ def _through_corral_rsh(proc: dict[str, Any], options: KubernetesOptions,
            "CORRAL_RSH_PORT": str(options.master_port + 1),
            # pods often run as root; mpirun refuses that unless told
            "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
-    return {**proc, "argv": [argv[0], *mca, *argv[1:]], "env": env}
+    return {**proc, "argv": [argv[0], *mca, *_reporting_shim(argv[1:])], "env": env}
+
+
+# A failing rank says so on the stream that mpirun collects (fd 3: its stderr before the
+# shim sends its output to the rank's log), so node 0's log names it even when Open MPI's own
+# report ("The first process to do so was...") does not come, as happens when mpirun aborts
+# a job whose daemons are going away in other pods.
+_REPORT_TAIL = ('"$@"; rc=$?; if [ "$rc" -ne 0 ]; then '
+                'echo "corral: rank $RANK exited with code $rc" >&3; fi; exit "$rc"')
+
+
+def _reporting_shim(argv: list[str]) -> list[str]:
+    """The rank shim of mpirun's argv, made to report a failing rank (see _REPORT_TAIL)."""
+    for i in range(len(argv) - 3):
+        if argv[i:i + 2] == ["sh", "-c"] and argv[i + 3] == SHIM_NAME:
+            script = "exec 3>&2; " + argv[i + 2].replace('exec "$@"', _REPORT_TAIL)
+            return [*argv[:i + 2], script, *argv[i + 3:]]
+    return argv
 
 
 def node_plans(spec: JobSpec, options: KubernetesOptions, flavour: str, name: str,
