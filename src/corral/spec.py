@@ -135,9 +135,26 @@ class Resources(_Frozen):
 
     cpus: float | None = Field(default=None, gt=0)
     memory_mb: int | None = Field(default=None, validation_alias="memory")
-    gpus: int = Field(default=0, ge=0, le=64)
+    gpus: float = Field(default=0, ge=0, le=64)
+    """Whole GPUs per node, or a fraction of one GPU (``0.5``: two such jobs share one GPU
+    in the local queue; cluster backends take whole GPUs only)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    @field_validator("gpus")
+    @classmethod
+    def _gpus(cls, value: float) -> float:
+        if value > 1 and value != int(value):
+            raise ValueError("a fraction of one GPU (0 < gpus < 1) or a whole number of GPUs")
+        return int(value) if value == int(value) else value
+
+    def whole_gpus(self, backend: str) -> int:
+        """The GPUs per node as a whole number, for a backend that cannot share a GPU."""
+        if self.gpus != int(self.gpus):
+            raise SpecError([("resources.gpus", self.gpus,
+                              f"whole GPUs on the {backend} backend; fractions of a GPU are "
+                              "shared by the local queue only")])
+        return int(self.gpus)
 
     @field_validator("memory_mb", mode="before")
     @classmethod

@@ -7,6 +7,9 @@ state of every job, its ranks and the log of its state changes live here::
             reason, attempt, times, the process that owns its progress, schema version
     ranks   one row per rank: node, host, state, exit code, signal, pid
     tasks   one row per task of an array job: state, exit code, signal, reason
+    queue   one row per job of the embedded queue: its request, place in line, phase,
+            placement and dispatch token (:mod:`corral.queue.ledger`)
+    queue_usage, queues   decayed fair-share usage; the queues' weights and limits
     events  every state change: time, from, to, attempt, reason, source
     polls   when each engine was last asked (the watcher's shared minimum interval)
 
@@ -19,6 +22,7 @@ queue instead of failing with "database is locked".
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import os
@@ -36,7 +40,7 @@ from corral.jobstate import JobState
 from corral.states import IllegalTransition, Source, transition
 from corral.status import Failure, JobStatus, RankStatus, TaskStatus
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 LOCK_WAIT_SECONDS = 120.0
 
 # Each entry moves the schema from version i to i + 1. Only ever append; only ever add.
@@ -109,6 +113,45 @@ MIGRATIONS: tuple[str, ...] = (
         reason TEXT NOT NULL DEFAULT '',
         engine_id TEXT,
         PRIMARY KEY (job_id, task)
+    );
+    """,
+    # 3: the embedded queue (corral.queue.ledger)
+    """
+    CREATE TABLE queue (
+        job_id TEXT PRIMARY KEY,
+        seq INTEGER NOT NULL UNIQUE,
+        user TEXT NOT NULL,
+        uid INTEGER NOT NULL,
+        queue TEXT NOT NULL,
+        request TEXT NOT NULL,
+        time_limit REAL,
+        qos REAL NOT NULL DEFAULT 0,
+        preemptible INTEGER NOT NULL DEFAULT 0,
+        after TEXT,
+        array_id TEXT,
+        array_limit INTEGER,
+        array_index INTEGER,
+        retries_left INTEGER NOT NULL DEFAULT 0,
+        held INTEGER NOT NULL DEFAULT 0,
+        foreground INTEGER NOT NULL DEFAULT 0,
+        submitted REAL NOT NULL,
+        phase TEXT NOT NULL,
+        token TEXT,
+        dispatched REAL,
+        placement TEXT,
+        preempt_at REAL,
+        preempt_for TEXT,
+        outcome TEXT
+    );
+    CREATE INDEX queue_phase ON queue (phase, seq);
+    CREATE TABLE queue_usage (
+        key TEXT PRIMARY KEY,
+        value REAL NOT NULL
+    );
+    CREATE TABLE queues (
+        name TEXT PRIMARY KEY,
+        weight REAL NOT NULL DEFAULT 1,
+        max_running INTEGER
     );
     """,
 )
@@ -386,6 +429,15 @@ class Store:
             db.execute("ROLLBACK")
             raise
 
+    def transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        """One write transaction holding the write lock (for modules that keep their own
+        tables here, such as the queue's ledger)."""
+        return self._write()
+
+    def read(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``work`` on the connection, errors turned into StoreError."""
+        return self._read(work)
+
     @property
     def schema_version(self) -> int:
         return int(self._read(lambda db: db.execute("PRAGMA user_version").fetchone()[0]))
@@ -438,15 +490,19 @@ class Store:
                nodes: int, procs_per_node: int, launcher: str | None = None,
                spec: dict[str, Any] | None = None, options: dict[str, Any] | None = None,
                run_dir: str | None = None, details: dict[str, Any] | None = None,
-               owner: Owner | None = None) -> JobRecord:
-        """Record a new job as SUBMITTING, before any engine is called."""
+               owner: Owner | None = None, state: JobState = JobState.SUBMITTING,
+               reason: str = "",
+               also: Callable[[sqlite3.Connection], None] | None = None) -> JobRecord:
+        """Record a new job as SUBMITTING, before any engine is called (or, for the
+        embedded queue, as PENDING together with its queue entry: ``also`` writes more
+        rows in the same transaction)."""
         now = time.time()
         values = {
             "id": job_id, "name": name, "user": _user(), "backend": backend,
             "poll_key": poll_key, "engine_id": None, "options": _json(options),
             "spec": _json(spec), "launcher": launcher, "nodes": nodes,
-            "procs_per_node": procs_per_node, "state": JobState.SUBMITTING.value,
-            "reason": "", "attempt": 1, "created": now, "updated": now, "started": None,
+            "procs_per_node": procs_per_node, "state": state.value,
+            "reason": reason, "attempt": 1, "created": now, "updated": now, "started": None,
             "finished": None, "run_dir": run_dir,
             "owner_pid": owner.pid if owner else None,
             "owner_start": owner.start if owner else None, "failure": None, "notes": None,
@@ -461,7 +517,9 @@ class Store:
                          for r in range(nodes * procs_per_node)]
                 db.executemany("INSERT INTO ranks (job_id, rank, node, state) VALUES (?,?,?,?)",
                                ranks)
-                self._event(db, job_id, None, JobState.SUBMITTING, 1, "", Source.SUBMIT, now)
+                self._event(db, job_id, None, state, 1, reason, Source.SUBMIT, now)
+                if also is not None:
+                    also(db)
         except sqlite3.IntegrityError:
             raise DuplicateJob(f"a job {job_id!r} is already recorded") from None
         return self.get(job_id)
@@ -522,12 +580,15 @@ class Store:
 
     def apply(self, job_id: str, observed: Observation, source: Source, *,
               engine_id: str | None = None, owner: Owner | None = None,
-              clear_owner: bool = False) -> tuple[JobRecord, bool]:
+              clear_owner: bool = False,
+              also: Callable[[sqlite3.Connection, bool], None] | None = None,
+              ) -> tuple[JobRecord, bool]:
         """Move a job to what was observed, if the state machine allows it.
 
-        Returns the record after the change and whether the state (or attempt) changed. A
-        move the state machine refuses (a terminal state seen changing without an engine
-        requeue, a stale observation) changes nothing.
+        Returns the record after the change and whether the state (or attempt) changed;
+        ``also`` writes more rows in the same transaction. A move the state machine
+        refuses (a terminal state seen changing without an engine requeue, a stale
+        observation) changes nothing.
         """
         now = time.time()
         with self._write() as db:
@@ -572,6 +633,8 @@ class Store:
                     self._write_tasks(db, job_id, observed.tasks)
             assignments = ", ".join(f"{k} = ?" for k in sets)
             db.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*sets.values(), job_id))
+            if also is not None:  # more rows in the same transaction, told if it moved
+                also(db, change is not None)
         return self.get(job_id), change is not None and change.changed
 
     @staticmethod

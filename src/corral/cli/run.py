@@ -92,7 +92,8 @@ def entry_from_command(command: tuple[str, ...], module: str | None) -> dict[str
 @click.option("--max-restarts", type=int, help="torchrun restarts before failing.")
 @click.option("--cpus", type=float, help="CPUs per node.")
 @click.option("--memory", help="Memory per node, e.g. 8G.")
-@click.option("--gpus", type=int, help="GPUs per node.")
+@click.option("--gpus", type=float,
+              help="GPUs per node (a fraction such as 0.5 shares one GPU in the local queue).")
 @click.option("--image", help="Container image (Kubernetes; Slurm with a container runtime).")
 @click.option("--queue", help="Queue: a Slurm partition, a Volcano queue, a Kueue LocalQueue.")
 @click.option("--priority", type=int, help="Priority within the queue (-1000 to 1000).")
@@ -107,7 +108,7 @@ def run_command(
     nodes: int | None, procs_per_node: int | None, launcher: str | None, mpi: str | None,
     env_pairs: tuple[str, ...],
     time_limit: str | None, max_restarts: int | None, cpus: float | None,
-    memory: str | None, gpus: int | None, image: str | None, queue: str | None,
+    memory: str | None, gpus: float | None, image: str | None, queue: str | None,
     priority: int | None, workdir: str | None, module: str | None, no_fork: bool,
     dry_run: bool, detach: bool, command: tuple[str, ...],
 ) -> int:

@@ -150,7 +150,7 @@ def _resources(spec: JobSpec) -> dict[str, Any]:
     if res.memory_mb:
         amounts["memory"] = f"{res.memory_mb}Mi"
     if res.gpus:
-        amounts["nvidia.com/gpu"] = str(res.gpus)
+        amounts["nvidia.com/gpu"] = str(res.whole_gpus("kubernetes"))
     return {"requests": dict(amounts), "limits": dict(amounts)} if amounts else {}
 
 

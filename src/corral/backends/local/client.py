@@ -19,19 +19,20 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from corral.backends.base import Backend, Capabilities, LineSink, Plan
+from corral.backends.base import Backend, Capabilities, JobRef, LineSink, Plan
 from corral.backends.local.agents import stop_agents
 from corral.backends.local.options import LocalOptions
 from corral.errors import MissingDependency, SubmitError
 from corral.jobstate import JobState
 from corral.logs import LogFollower, LogSource
-from corral.rundir import RunDir, runs_root
+from corral.rundir import runs_root
 from corral.states import Source
 from corral.status import JobStatus, RankStatus
-from corral.store import JobRecord, Observation, Owner, Store
+from corral.store import JobRecord, Observation, Store
 
 if TYPE_CHECKING:
     from corral.backends.local.render import LocalPlan
+    from corral.queue.submission import Submission
     from corral.spec import JobSpec
 
 
@@ -99,7 +100,7 @@ class LocalBackend(Backend):
     name = "local"
     options_type = LocalOptions
     capabilities = Capabilities(
-        gang=True, logs=True, follow=True, elastic=True, queues=False, arrays=False
+        gang=True, logs=True, follow=True, elastic=True, queues=True, arrays=True
     )
     # Describing a local job asks no engine (its supervisor writes the store); the watcher
     # only checks that the supervisor lives, at most this often.
@@ -154,6 +155,13 @@ class LocalBackend(Backend):
             _check_mpi4py_matches(spec, workdir)
 
     def render(self, spec: JobSpec, job_id: str | None = None) -> LocalPlan:
+        """The plan as it would start now, on the GPUs this process sees (``--dry-run``;
+        the queue renders again at dispatch with the GPUs it hands the job)."""
+        return self.render_placed(spec, job_id, visible_gpus() if spec.resources.gpus else ())
+
+    def render_placed(self, spec: JobSpec, job_id: str | None,
+                      gpus: tuple[str, ...]) -> LocalPlan:
+        """The plan on these GPUs (the queue's placement: each node's in turn)."""
         from corral.backends.local.preload import guess_preload
         from corral.backends.local.render import Machine, render
         from corral.ports import pick_port
@@ -162,7 +170,6 @@ class LocalBackend(Backend):
         workdir = os.path.abspath(spec.workdir or os.getcwd())
         self._check_runnable(spec, workdir)
         job_id = job_id or new_job_id(spec.name)
-        gpus = visible_gpus() if spec.resources.gpus else ()
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
             os.cpu_count() or 1
         )
@@ -179,27 +186,8 @@ class LocalBackend(Backend):
         )
 
     # -- submit / run ---------------------------------------------------------------------
-
-    def _prepare(self, spec: JobSpec, plan: LocalPlan) -> RunDir:
-        from corral.spec import Function
-
-        run = RunDir.create(plan.job_id, self.root)
-        if isinstance(spec.entrypoint, Function):
-            from corral.runtime.call import dump_payload
-
-            entry = spec.entrypoint
-            try:
-                data = dump_payload(entry.fn, entry.call_args, dict(entry.call_kwargs))
-            except Exception as exc:
-                shutil.rmtree(run.path, ignore_errors=True)
-                raise SubmitError(
-                    f"entrypoint: the function {entry.label} or its arguments cannot be "
-                    f"pickled ({exc}); move unpicklable objects (locks, open files, "
-                    "sockets) inside the function"
-                ) from exc
-            run.function_payload.write_bytes(data)
-        run.write_json("plan.json", plan.to_json())
-        return run
+    # Every local job goes through the embedded queue (corral.queue): it never takes CPUs
+    # or GPUs that another queued or running job holds.
 
     def _plan(self, spec: JobSpec, plan: Plan | None) -> LocalPlan:
         from corral.backends.local.render import LocalPlan
@@ -211,42 +199,40 @@ class LocalBackend(Backend):
         return plan
 
     def _launch(self, spec: JobSpec, plan: Plan, record: JobRecord) -> str | None:
-        """Start the job under a detached supervisor process; it owns the job from now."""
-        run = self._prepare(spec, self._plan(spec, plan))
-        with open(run.path / "supervisor.log", "ab") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "corral.backends.local.supervisor", str(run.path),
-                 str(self.store.path)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-                cwd=getattr(plan, "workdir", None),
-            )
-        try:
-            owner = Owner.of(process.pid)
-        except Exception:  # it is gone already: the watcher will see it failed
-            owner = Owner(process.pid, 0.0)
-        self.store.apply(record.id, Observation(JobState.SUBMITTING), Source.SUBMIT, owner=owner)
-        return str(process.pid)
+        raise SubmitError("the local backend starts jobs through its queue (submit_queued)")
+
+    def submit_queued(self, spec: JobSpec, plan: Plan | None = None,
+                      submission: Submission | None = None) -> list[str]:
+        """Queue the job (each task of an array); the agent starts it when it fits."""
+        from corral.queue.client import enqueue
+
+        return enqueue(self, spec, self._plan(spec, plan), submission)
+
+    def submit(self, spec: JobSpec, plan: Plan | None = None,
+               submission: Submission | None = None) -> JobRef:
+        return JobRef(self.name, self.submit_queued(spec, plan, submission)[0])
 
     def run(
         self, spec: JobSpec, sink: LineSink | None = None, plan: Plan | None = None,
         waiting: Callable[[JobStatus], None] | None = None,
+        submission: Submission | None = None,
     ) -> JobStatus:
-        """Run in this process until the job ends; Ctrl-C cancels every rank and then
-        raises KeyboardInterrupt (so that a sweep loop stops too)."""
-        from corral.backends.local.render import LocalPlan
-        from corral.backends.local.supervisor import Supervisor
+        """Queue the job, wait for its turn (at once on a free machine), then run it in
+        this process until it ends. Ctrl-C cancels it (waiting or running) and then raises
+        KeyboardInterrupt, so that a sweep loop stops too."""
+        from corral.queue.agent import wake
+        from corral.queue.client import enqueue, wait_for_turn
+        from corral.queue.start import prepare
 
-        local_plan, record = self._recorded_plan(spec, self._plan(spec, plan))
-        assert isinstance(local_plan, LocalPlan)
+        job_id = enqueue(self, spec, self._plan(spec, plan), submission, foreground=True)[0]
         try:
-            run = self._prepare(spec, local_plan)
-        except BaseException as exc:
-            self._submission_failed(record, exc)
+            token = wait_for_turn(self.store, job_id, waiting)
+        except KeyboardInterrupt:
+            self.cancel(job_id)
             raise
-        supervisor = Supervisor(
-            run=run, store=self.store, job_id=record.id, plan=local_plan.to_json(),
-            launcher=spec.launcher, grace=self.options.grace_seconds, sink=sink,
-        )
+        supervisor = prepare(self.store, job_id, token, sink, environ=False) if token else None
+        if supervisor is None:
+            return self.store.status(job_id)
         previous: Any = None
         in_main = threading.current_thread() is threading.main_thread()
         if in_main:
@@ -256,6 +242,7 @@ class LocalBackend(Backend):
         finally:
             if in_main:
                 signal.signal(signal.SIGINT, previous)
+            wake(self.store)
         if supervisor.interrupted:
             raise KeyboardInterrupt
         return status
@@ -266,7 +253,11 @@ class LocalBackend(Backend):
         """Only a job whose owner (supervisor, or a foreground `corral run`) died changes
         here; a live owner writes its job's state itself."""
         found: dict[str, Observation] = {}
+        queued = False
         for record in records:
+            if record.owner is None and record.state is JobState.PENDING:
+                queued = True  # waiting in the queue: the agent's to start
+                continue
             if record.owner is not None and record.owner.alive():
                 continue
             fresh = self.store.get(record.id)  # it may have finished just now
@@ -284,6 +275,10 @@ class LocalBackend(Backend):
                 JobState.FAILED, f"supervisor died ({who}) before the job ended; "
                 f"{stopped} leftover node process group(s) stopped",
                 finished=time.time(), ranks=ranks)
+        if queued:  # an agent killed meanwhile is started again by whoever looks
+            from corral.queue.agent import ensure_agent
+
+            ensure_agent(self.store)
         return found
 
     def logs(
@@ -301,8 +296,19 @@ class LocalBackend(Backend):
             (Path(record.run_dir) / "cancel").touch()
 
     def cancel(self, job_id: str, timeout: float | None = None) -> JobStatus:
-        """Stop every rank; return once the supervisor has recorded it and exited."""
+        """Stop every rank; return once the supervisor has recorded it and exited. A job
+        still waiting in the queue is taken out of it (only its owner or root may)."""
+        from corral.queue.agent import wake
+        from corral.queue.ledger import Ledger
+
+        ledger = Ledger(self.store)
+        if ledger.row(job_id) is not None:
+            ledger.check_owner(job_id, os.getuid())
+            if ledger.cancel_waiting(job_id, "cancelled while queued", Source.USER):
+                wake(self.store)
+                return self.store.status(job_id)
         status = super().cancel(job_id, timeout)
+        wake(self.store)
         owner = self.store.get(job_id).owner
         if owner is not None and owner.pid != os.getpid():
             deadline = time.monotonic() + self.cancel_grace

@@ -7,6 +7,7 @@ starting anything.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -147,7 +148,7 @@ def _start_mode(spec: JobSpec, options: LocalOptions, preload: tuple[str, ...]) 
 
 def gpu_sets(spec: JobSpec, gpus: tuple[str, ...]) -> list[tuple[str, ...]]:
     """Disjoint GPU ids per node; raises when the machine has too few."""
-    per_node = spec.resources.gpus
+    per_node = math.ceil(spec.resources.gpus)  # a fraction of a GPU still sees that GPU
     if per_node == 0:
         return [() for _ in range(spec.nodes)]
     wanted = per_node * spec.nodes

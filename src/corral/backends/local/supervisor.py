@@ -153,6 +153,11 @@ class Supervisor:
             if self.cancel_event.is_set() or (self.run.path / "cancel").exists():
                 self._stop_reason = (JobState.CANCELLED, "cancelled")
                 return
+            preempted = self.run.path / "preempt"  # the queue's agent wants its resources
+            if preempted.exists():
+                why = preempted.read_text(encoding="utf-8", errors="replace").strip()
+                self._stop_reason = (JobState.CANCELLED, why or "preempted")
+                return
             if deadline is not None and time.time() > deadline:
                 self._stop_reason = (JobState.TIMEOUT, f"time limit of {limit:g}s reached")
                 return

@@ -124,7 +124,8 @@ def _sbatch_lines(spec: JobSpec, options: SlurmOptions, tasks_per_node: int,
         lines.append(f"--cpus-per-task={cpus}")
     if spec.resources.memory_mb:
         lines.append(f"--mem={spec.resources.memory_mb}M")
-    gpus = options.gpus_per_node if options.gpus_per_node is not None else spec.resources.gpus
+    gpus = (options.gpus_per_node if options.gpus_per_node is not None
+            else spec.resources.whole_gpus("slurm"))
     if gpus and not options.gres:
         lines.append(f"--gpus-per-node={gpus}")
     if options.exclusive:

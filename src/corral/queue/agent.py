@@ -1,0 +1,331 @@
+"""The queue's agent: one per job store, started by the first submission, gone when idle.
+
+``python -m corral.queue.agent STORE`` holds ``queue-agent.lock`` beside the store for as
+long as it lives (so at most one runs, and a killed one frees it at once). Its loop is a
+scheduling pass (:class:`Scheduler`), then a wait on a wake-up socket (submitters, jobs
+that end and ``corral cancel`` nudge it) or a short timeout. Everything it knows is in the
+store: SIGKILL it at any moment and the next agent carries on (see :mod:`ledger`).
+
+Dispatched jobs are started by a forked child of the agent (``start_job`` in its own
+session): the agent never waits for a job, and a job never depends on the agent living.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from corral.queue.ledger import DISPATCHED, RUNNING, WAITING, Ledger, Row, share_to_json
+from corral.queue.machine import NO_LIMIT, Machine, probe
+from corral.queue.policy import DEFAULT_POLICY, Policy, policy_named, schedule
+from corral.states import Source
+from corral.store import Store, open_store
+
+CLAIM_SECONDS = 30.0  # a dispatch nobody claimed by then is taken back
+WAKE_SECONDS = 1.0  # the longest an agent sleeps between passes
+DEFAULT_IDLE = 60.0
+DEFAULT_PREEMPT_GRACE = 30.0
+
+
+def _lock_path(store: Store, name: str) -> Path:
+    return store.path.parent / name
+
+
+def wake_address(store: Store) -> bytes:
+    """The agent's wake-up socket: an abstract name, so a long CORRAL_HOME path is fine.
+    A datagram there only means "look at the store"; it carries nothing to trust."""
+    digest = hashlib.sha1(str(store.path.resolve()).encode()).hexdigest()[:20]
+    return f"\0corral-queue-{digest}".encode()
+
+
+def wake(store: Store) -> None:
+    """Nudge the agent (nothing happens if none listens)."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.setblocking(False)
+            sock.sendto(b"w", wake_address(store))
+    except OSError:
+        pass
+
+
+def _try_lock(path: Path) -> int | None:
+    """An open fd holding an exclusive flock on ``path``, or None if another holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+            return None
+        raise
+    return fd
+
+
+def agent_running(store: Store) -> bool:
+    fd = _try_lock(_lock_path(store, "queue-agent.lock"))
+    if fd is None:
+        return True
+    os.close(fd)
+    return False
+
+
+def ensure_agent(store: Store) -> bool:
+    """Start an agent for this store unless one runs; True if one was started."""
+    if agent_running(store):
+        return False
+    log = open(_lock_path(store, "queue-agent.log"), "ab")  # noqa: SIM115
+    try:
+        subprocess.Popen([sys.executable, "-m", "corral.queue.agent", str(store.path)],
+                         stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                         start_new_session=True, cwd="/")
+    finally:
+        log.close()
+    return True
+
+
+@contextmanager
+def pass_lock(store: Store) -> Iterator[int]:
+    """Held during one scheduling pass (by the agent or a foreground ``corral run``)."""
+    fd = os.open(_lock_path(store, "queue-pass.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _alive(row: Row) -> bool:
+    return row.owner is not None and row.owner.alive()
+
+
+def _seconds(name: str, default: float) -> float:
+    try:
+        value = float(os.environ.get(name, default))
+    except ValueError:
+        return default
+    return value if value >= 0 else default
+
+
+@dataclass
+class Scheduler:
+    """One store's scheduling passes. ``start`` starts a dispatched background job (the
+    agent forks; None: leave it for the agent)."""
+
+    store: Store
+    machine: Machine
+    policy: Policy = field(default_factory=lambda: policy_named(
+        os.environ.get("CORRAL_QUEUE_POLICY", DEFAULT_POLICY)))
+    preempt_grace: float = field(default_factory=lambda: _seconds(
+        "CORRAL_QUEUE_PREEMPT_GRACE", DEFAULT_PREEMPT_GRACE))
+    close_fds: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.ledger = Ledger(self.store, self.policy.weights)
+
+    def run_pass(self, only: str | None = None, fork: bool = True) -> tuple[bool, set[str]]:
+        """Reconcile, then schedule. With ``only``, dispatch that job alone (a foreground
+        run's own pass; the agent starts the rest). Returns (anything live, dispatched)."""
+        now = time.time()
+        rows = self.ledger.rows()
+        if self._reconcile(rows, now):
+            rows = self.ledger.rows()
+        state = self.ledger.state(rows, self.machine.node, now, NO_LIMIT)
+        decisions = schedule(state, now, self.policy)
+        by_id = {row.job_id: row for row in rows}
+        starts = {}
+        for start in decisions.starts:
+            if only is not None and start.job_id != only:
+                continue
+            placement = {"shares": [share_to_json(s) for s in start.placement],
+                         "gpus": [self.machine.gpu_ids[i] for s in start.placement
+                                  for i, _ in s.gpus if i < len(self.machine.gpu_ids)]}
+            starts[start.job_id] = (secrets.token_hex(8), placement)
+        dispatched = self.ledger.dispatch(starts, now)
+        if only is None:
+            self.ledger.set_reasons({job_id: reason.value for job_id, reason
+                                     in decisions.reasons.items()}, now)
+            for preemption in decisions.preemptions:
+                self._preempt(by_id.get(preemption.victim), preemption.for_job, now)
+        if fork:
+            for job_id in dispatched:
+                if not by_id[job_id].foreground:
+                    self._start(job_id, starts[job_id][0])
+        return bool(rows), dispatched
+
+    # -- reconciling -------------------------------------------------------------------------
+
+    def _reconcile(self, rows: list[Row], now: float) -> bool:
+        """Close what ended, requeue what should run again, revoke stale dispatches, stop
+        preempted jobs after their grace. True if anything changed."""
+        changed = False
+        owners_dead = []
+        for row in rows:
+            if row.phase == WAITING:
+                if row.job_state.is_terminal():  # cancelled, or its foreground run died
+                    changed |= self.ledger.cancel_waiting(row.job_id, row.reason,
+                                                          Source.RECONCILE) or self._close(row)
+                elif row.foreground and row.owner is not None and not _alive(row):
+                    changed |= self.ledger.cancel_waiting(
+                        row.job_id, f"its `corral run` (pid {row.owner.pid}) ended before "
+                        "the job started", Source.RECONCILE)
+                continue
+            if row.job_state.is_terminal():
+                self.ledger.finish(row, self.store.get(row.job_id), now)
+                changed = True
+            elif row.phase == DISPATCHED:
+                if now - (row.dispatched or now) > CLAIM_SECONDS and row.token:
+                    changed |= self.ledger.revoke(row.job_id, row.token)
+            elif row.phase == RUNNING and not _alive(row):
+                owners_dead.append(row)
+            elif row.preempt_at is not None and now >= row.preempt_at + self.preempt_grace:
+                self._stop_preempted(row)
+        if owners_dead:
+            from corral.backends.local.client import LocalBackend
+
+            records = [self.store.get(row.job_id) for row in owners_dead]
+            for job_id, seen in LocalBackend(store=self.store).describe_many(records).items():
+                self.store.apply(job_id, seen, Source.RECONCILE)
+                changed = True
+        return changed
+
+    def _close(self, row: Row) -> bool:
+        self.ledger.finish(row, self.store.get(row.job_id), time.time())
+        return True
+
+    # -- preempting --------------------------------------------------------------------------
+
+    def _preempt(self, row: Row | None, for_job: str, now: float) -> None:
+        """Signal a preemptible job's ranks (SIGUSR1: checkpoint now); it is stopped after
+        the grace period and queued again."""
+        if row is None or row.preempt_at is not None:
+            return
+        self.ledger.mark_preempting(row.job_id, for_job, now)
+        for rank in self.store.ranks(row.job_id):
+            if rank.pid and not rank.state.is_terminal():
+                try:
+                    os.kill(rank.pid, signal.SIGUSR1)
+                except OSError:
+                    pass
+        if self.preempt_grace == 0:
+            self._stop_preempted(row, for_job)
+
+    def _stop_preempted(self, row: Row, for_job: str | None = None) -> None:
+        if row.run_dir and os.path.isdir(row.run_dir):
+            marker = Path(row.run_dir) / "preempt"
+            if not marker.exists():
+                marker.write_text(f"preempted for job {for_job or row.preempt_for}",
+                                  encoding="utf-8")
+
+    # -- starting ----------------------------------------------------------------------------
+
+    def _start(self, job_id: str, token: str) -> None:
+        """Fork a child that claims and runs the job in a session of its own."""
+        pid = os.fork()
+        if pid:
+            return
+        code = 1
+        try:
+            for fd in self.close_fds:
+                os.close(fd)
+            os.setsid()
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            from corral.queue.start import start_job
+
+            code = start_job(self.store.path, job_id, token)
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+
+
+# -- the agent process ---------------------------------------------------------------------
+
+
+def _reap() -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def serve(store: Store, idle: float) -> int:
+    lock = None
+    for _ in range(10):  # a prober may hold the lock for an instant
+        lock = _try_lock(_lock_path(store, "queue-agent.lock"))
+        if lock is not None:
+            break
+        time.sleep(0.02)
+    if lock is None:
+        return 0  # another agent runs
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        sock.bind(wake_address(store))
+    except OSError as exc:
+        print(f"corral queue agent: cannot bind its wake-up socket ({exc}); polling",
+              file=sys.stderr)
+    os.set_inheritable(sock.fileno(), False)
+    _lock_path(store, "queue-agent.pid").write_text(
+        json.dumps({"pid": os.getpid(), "started": time.time()}), encoding="utf-8")
+    stopping: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: stopping.append(signum))
+    scheduler = Scheduler(store, probe(), close_fds=(lock, sock.fileno()))
+    print(f"corral queue agent {os.getpid()}: {json.dumps(scheduler.machine.to_json())}, "
+          f"policy {scheduler.policy.name}", file=sys.stderr, flush=True)
+    last_busy = time.monotonic()
+    while not stopping:
+        with pass_lock(store) as fd:
+            scheduler.close_fds = (lock, sock.fileno(), fd)
+            busy, _ = scheduler.run_pass()
+        _reap()
+        if busy:
+            last_busy = time.monotonic()
+        elif time.monotonic() - last_busy > idle:
+            os.close(lock)  # then look once more: a submitter may have just missed us
+            if not scheduler.ledger.rows():
+                break
+            again = _try_lock(_lock_path(store, "queue-agent.lock"))
+            if again is None:
+                break  # a new agent took over
+            lock, last_busy = again, time.monotonic()
+            continue
+        sock.settimeout(WAKE_SECONDS)
+        try:
+            sock.recv(16)
+            sock.setblocking(False)
+            while True:  # drain: one pass answers every nudge so far
+                sock.recv(16)
+        except OSError:
+            pass
+    sock.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    store = open_store(Path(args[0]) if args else None)
+    idle = _seconds("CORRAL_QUEUE_IDLE", DEFAULT_IDLE)
+    return serve(store, idle)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

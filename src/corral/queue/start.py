@@ -1,0 +1,151 @@
+"""Start a job the queue dispatched: claim it, render it on its placement, supervise it.
+
+The same steps serve a background job (in a child the agent forked) and a foreground
+``corral run`` (in that process, streaming the ranks' lines): claim with the dispatch token
+(a revoked dispatch starts nothing), render the plan with the GPUs the placement holds,
+then the local backend's supervisor runs it to its end and writes every change to the store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from corral.errors import SubmitError
+from corral.jobstate import JobState
+from corral.queue.ledger import Ledger, Row
+from corral.rundir import RunDir
+from corral.states import Source
+from corral.store import Observation, Owner, Store, open_store
+
+if TYPE_CHECKING:
+    from corral.backends.base import LineSink
+    from corral.backends.local.supervisor import Supervisor
+    from corral.spec import JobSpec
+
+SPEC_FILE = "spec.pkl"
+ENVIRON_FILE = "environ.json"
+
+
+def save_submission(run: RunDir, spec: JobSpec, environ: dict[str, str] | None) -> None:
+    """What a queued job needs to start later: the spec (functions and all) and, for a
+    background job, the submitter's environment (readable by its owner only)."""
+    import cloudpickle
+
+    try:
+        data = cloudpickle.dumps(spec)
+    except Exception as exc:
+        raise SubmitError(
+            f"entrypoint: the job or its function's arguments cannot be pickled ({exc}); "
+            "move unpicklable objects (locks, open files, sockets) inside the function"
+        ) from exc
+    _write_private(run.path / SPEC_FILE, data)
+    if environ is not None:
+        _write_private(run.path / ENVIRON_FILE, json.dumps(environ).encode())
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+
+
+def load_spec(run: RunDir) -> JobSpec:
+    import cloudpickle
+
+    spec: JobSpec = cloudpickle.loads((run.path / SPEC_FILE).read_bytes())
+    return spec
+
+
+def _fresh_attempt(run: RunDir, attempt: int) -> None:
+    """A requeued job starts with empty logs; the last attempt's are kept beside them."""
+    for marker in ("cancel", "preempt"):
+        (run.path / marker).unlink(missing_ok=True)
+    if attempt > 1 and run.logs.exists() and any(run.logs.iterdir()):
+        kept = run.path / f"logs.attempt-{attempt - 1}"
+        shutil.rmtree(kept, ignore_errors=True)
+        run.logs.rename(kept)
+    run.logs.mkdir(mode=0o700, exist_ok=True)
+
+
+def task_environment(row: Row) -> dict[str, str]:
+    """Variables an array task sees (like SLURM_ARRAY_TASK_ID)."""
+    if row.array_id is None or row.array_index is None:
+        return {}
+    return {"CORRAL_ARRAY_JOB_ID": row.array_id, "CORRAL_ARRAY_TASK_ID": str(row.array_index)}
+
+
+def prepare(store: Store, job_id: str, token: str, sink: LineSink | None = None,
+            environ: bool = True) -> Supervisor | None:
+    """Claim the dispatched job and get its supervisor ready; None if the dispatch was
+    taken back. ``environ``: run with the submitter's saved environment (background)."""
+    from corral.backends.local.client import LocalBackend
+    from corral.backends.local.options import LocalOptions
+    from corral.backends.local.supervisor import Supervisor
+    from corral.spec import Function
+
+    ledger = Ledger(store)
+    row = ledger.claim(job_id, token, Owner.me())
+    if row is None or row.run_dir is None:
+        return None
+    record = store.get(job_id)
+    run = RunDir(Path(row.run_dir))
+    try:
+        spec = load_spec(run)
+        if environ and (run.path / ENVIRON_FILE).exists():
+            saved = json.loads((run.path / ENVIRON_FILE).read_text(encoding="utf-8"))
+            os.environ.clear()
+            os.environ.update(saved)
+        os.environ.update(task_environment(row))
+        _fresh_attempt(run, record.attempt)
+        options = LocalOptions(**{k: v for k, v in (record.options or {}).items()
+                                  if k in LocalOptions.__dataclass_fields__})
+        backend = LocalBackend(options=options, store=store, root=run.path.parent)
+        gpus = tuple(str(g) for g in (row.placement or {}).get("gpus", []))
+        plan = backend.render_placed(spec, job_id, gpus)
+        if isinstance(spec.entrypoint, Function) and not run.function_payload.exists():
+            from corral.runtime.call import dump_payload
+
+            entry = spec.entrypoint
+            run.function_payload.write_bytes(
+                dump_payload(entry.fn, entry.call_args, dict(entry.call_kwargs)))
+        run.write_json("plan.json", plan.to_json())
+    except Exception as exc:  # nothing started: say why on the job
+        reason = f"could not start: {exc}"
+        store.apply(job_id, Observation(JobState.FAILED, reason), Source.SUPERVISOR)
+        return None
+    return Supervisor(run=run, store=store, job_id=job_id, plan=plan.to_json(),
+                      launcher=spec.launcher, grace=options.grace_seconds, sink=sink)
+
+
+def start_job(store_path: Path, job_id: str, token: str) -> int:
+    """In the agent's forked child: run the job to its end; the job's exit status."""
+    import signal
+
+    store = open_store(store_path)
+    record = store.get(job_id)
+    if record.run_dir:
+        log = os.open(f"{record.run_dir}/supervisor.log",
+                      os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        os.close(log)
+        sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
+        sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
+    supervisor = prepare(store, job_id, token)
+    if supervisor is None:
+        return 0
+    signal.signal(signal.SIGTERM, lambda *_: supervisor.request_cancel())
+    signal.signal(signal.SIGINT, lambda *_: supervisor.request_cancel())
+    try:
+        status = supervisor.run_to_end()
+    finally:
+        from corral.queue.agent import wake
+
+        wake(store)
+    return status.returncode
+
