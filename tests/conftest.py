@@ -20,10 +20,24 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
-def corral_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def corral_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     home = tmp_path / "corral-home"
     monkeypatch.setenv("CORRAL_HOME", str(home))
-    return home
+    yield home
+    stop_queue_agent(home)
+
+
+def stop_queue_agent(home: Path) -> None:
+    """Stop the queue agent a test's submissions started (by its PID and start time)."""
+    try:
+        data = json.loads((home / "queue-agent.pid").read_text(encoding="utf-8"))
+        agent = psutil.Process(int(data["pid"]))
+        if abs(agent.create_time() - float(data["started"])) > 5:
+            return  # that PID is another process now
+        agent.terminate()
+        agent.wait(10)
+    except (OSError, ValueError, KeyError, psutil.Error):
+        pass
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ importing them.
 
 from __future__ import annotations
 
+import getpass
 import importlib
 import os
 import subprocess
@@ -147,10 +148,11 @@ def test_ps_table_is_escaped_one_line_per_job(corral_home: Path) -> None:
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     header, *rows = done.stdout.splitlines()
-    assert header.split() == ["JOB", "ID", "NAME", "BACKEND", "STATE", "NODES", "AGE",
-                              "REASON"]
+    assert header.split() == ["JOB", "ID", "NAME", "USER", "BACKEND", "STATE", "NODES",
+                              "AGE", "REASON"]
     assert "\x1b" not in done.stdout and len(rows) == 2  # one line per job when piped
     hostile = next(row for row in rows if "hostile" in row)
     assert "we'ird\\nname\\x1b[31m" in hostile and "rank 3 failed: exit code 1" in hostile
     wide = next(row for row in rows if "wide" in row)  # columns line up on the screen
     assert cells(wide[:wide.index("local")]) == cells(header[:header.index("BACKEND")])
+    assert cells(wide[:wide.index(getpass.getuser())]) == cells(header[:header.index("USER")])

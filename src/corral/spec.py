@@ -133,9 +133,9 @@ Entrypoint = Annotated[Script | Module | Command | Function, Field(discriminator
 class Resources(_Frozen):
     """What one node needs. ``None`` means: the backend's default."""
 
-    cpus: float | None = Field(default=None, gt=0)
+    cpus: float | None = Field(default=None, gt=0, le=100_000, allow_inf_nan=False)
     memory_mb: int | None = Field(default=None, validation_alias="memory")
-    gpus: float = Field(default=0, ge=0, le=64)
+    gpus: float = Field(default=0, ge=0, le=64, allow_inf_nan=False)
     """Whole GPUs per node, or a fraction of one GPU (``0.5``: two such jobs share one GPU
     in the local queue; cluster backends take whole GPUs only)."""
 

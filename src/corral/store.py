@@ -610,8 +610,10 @@ class Store:
                 sets["owner_pid"] = sets["owner_start"] = None
             if change is not None:
                 if change.requeued:
-                    self._event(db, job_id, current, JobState.PENDING, change.attempt,
-                                "requeued by the engine", source, now)
+                    why = (observed.reason if observed.state is JobState.PENDING
+                           and observed.reason else "requeued by the engine")
+                    self._event(db, job_id, current, JobState.PENDING, change.attempt, why,
+                                source, now)
                     sets.update(failure=None, finished=None)
                     current = JobState.PENDING
                 if change.state is not current:

@@ -29,6 +29,17 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                "Stop every rank of each job (a finished job is left as it is)."),
     "wait": ("corral.cli.jobs", "wait_command",
              "Wait for jobs to end; exit 0 only if all succeeded."),
+    "submit": ("corral.cli.run", "submit_command",
+               "Queue SCRIPT_OR_CMD [-- ARGS...]; print its job id (one per array task) at "
+               "once."),
+    "queue": ("corral.cli.queue", "queue_group",
+              "The local queue: its queues (weights, limits, usage) and each user's fair "
+              "share."),
+    "nodes": ("corral.cli.queue", "nodes_command",
+              "This machine's CPUs, memory and GPUs, and what queued jobs hold of them."),
+    "hold": ("corral.cli.queue", "hold_command",
+             "Keep waiting jobs from starting (reason Held) until `corral release`."),
+    "release": ("corral.cli.queue", "release_command", "Let held jobs start again."),
     "k8s": ("corral.cli.k8s", "k8s_group", "Kubernetes helpers: queues."),
     "simulate": ("corral.cli.simulate", "simulate_command",
                  "Replay a workload trace (SWF) through a queue policy."),

@@ -73,16 +73,22 @@ def _age(created: float | None) -> str:
 
 
 WAIT_TIMED_OUT = 75  # EX_TEMPFAIL: the wait ran out, the jobs go on; try again later
-PS_COLUMNS = ("JOB ID", "NAME", "BACKEND", "STATE", "NODES", "AGE", "REASON")
+PS_COLUMNS = ("JOB ID", "NAME", "USER", "BACKEND", "STATE", "NODES", "AGE", "REASON")
+PRIORITY_COLUMNS = ("JOB ID", "USER", "QUEUE", "PRIORITY", "AGE", "FAIRSHARE", "SIZE", "QOS")
 
 
 @click.command("ps")
 @click.option("--backend", help="Only jobs of this backend (default: every backend).")
 @click.option("-a", "--all", "show_all", is_flag=True, help="Include finished jobs.")
+@click.option("--priority", is_flag=True,
+              help="The local queue's waiting jobs, highest priority first, with the "
+                   "weighted factors of their priority (like sprio).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def ps_command(backend: str | None, show_all: bool, as_json: bool) -> int:
+def ps_command(backend: str | None, show_all: bool, priority: bool, as_json: bool) -> int:
     """List jobs (unfinished ones; -a for all), newest first."""
     store = open_store()
+    if priority:
+        return _ps_priority(as_json)
     problems = refresh_all(store.jobs(backend, live=True))
     records = store.jobs(backend, live=not show_all)
     if as_json:
@@ -96,9 +102,38 @@ def ps_command(backend: str | None, show_all: bool, as_json: bool) -> int:
         if r.attempt > 1:
             state += f" (attempt {r.attempt})"
         rows.append([*(printable(v, 80) for v in (
-            r.id, r.name, r.backend, state, f"{r.nodes}x{r.procs_per_node}", _age(r.created))),
-            printable(reason)])
+            r.id, r.name, r.user, r.backend, state, f"{r.nodes}x{r.procs_per_node}",
+            _age(r.created))), printable(reason)])
     click.echo(columns(PS_COLUMNS, rows), nl=False)
+    return 0
+
+
+def _ps_priority(as_json: bool) -> int:
+    """``ps --priority``: each waiting job's priority and its weighted factors."""
+    from corral.queue.ledger import Ledger
+    from corral.queue.machine import NO_LIMIT, probe
+    from corral.queue.policy import priority_factors
+
+    ledger = Ledger(open_store())
+    now = time.time()
+    rows = {r.job_id: r for r in ledger.rows()}
+    state = ledger.state(list(rows.values()), probe().node, now, NO_LIMIT)
+    weights = ledger.weights
+    found = sorted(priority_factors(state, now, weights).items(),
+                   key=lambda item: (-item[1].priority, rows[item[0]].seq))
+    data = [{"job_id": job_id, "user": rows[job_id].user, "queue": rows[job_id].queue,
+             "priority": round(f.priority, 1), "age": round(weights.age * f.age, 1),
+             "fairshare": round(weights.fairshare * f.fairshare, 1),
+             "size": round(weights.size * f.size, 1), "qos": round(weights.qos * f.qos, 1)}
+            for job_id, f in found]
+    if as_json:
+        click.echo(json.dumps(data, indent=1))
+        return 0
+    click.echo(columns(PRIORITY_COLUMNS, [
+        [printable(str(d["job_id"]), 80), printable(str(d["user"]), 40),
+         printable(str(d["queue"]), 40),
+         *(f"{d[k]:.1f}" for k in ("priority", "age", "fairshare", "size", "qos"))]
+        for d in data]), nl=False)
     return 0
 
 

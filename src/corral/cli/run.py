@@ -7,13 +7,15 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from corral.backends import configured_backend, list_options
+from corral.backends.base import Backend, Plan
 from corral.config import backend_defaults
 from corral.console import LinePrinter, printable, printable_lines
 from corral.errors import SpecError
@@ -21,6 +23,9 @@ from corral.jobfile import entrypoint_fields, read_job_file
 from corral.jobstate import JobState
 from corral.spec import LAUNCHERS, JobSpec
 from corral.status import JobStatus
+
+if TYPE_CHECKING:
+    from corral.queue.submission import Submission
 
 
 def parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -74,52 +79,76 @@ def entry_from_command(command: tuple[str, ...], module: str | None) -> dict[str
     return {"command": [head], "args": rest}
 
 
-@click.command("run", context_settings={"ignore_unknown_options": True,
-                                        "allow_interspersed_args": False})
-@click.option("--backend", default="local", show_default=True, help="Where to run.")
-@click.option("-o", "--option", "option_pairs", multiple=True, metavar="KEY=VALUE",
-              help="A backend option, e.g. -o partition=gpu (repeat for lists).")
-@click.option("-f", "--file", "job_file", type=click.Path(dir_okay=False),
-              help="A YAML/TOML job file; flags given here override its fields.")
-@click.option("--name", help="Job name (default: the script or command name).")
-@click.option("--nodes", type=int, help="Number of nodes (emulated on the local backend).")
-@click.option("--procs-per-node", type=int, help="Ranks per node.")
-@click.option("--launcher", type=click.Choice(LAUNCHERS), help="How ranks are started.")
-@click.option("--mpi", type=click.Choice(["openmpi", "mpich"]),
-              help="MPI for --launcher mpirun: Open MPI's mpirun or MPICH's hydra.")
-@click.option("--env", "env_pairs", multiple=True, metavar="K=V", help="Set a variable.")
-@click.option("--time-limit", help="Wall-clock limit: 90, 90s, 30m, 1h30m, HH:MM:SS.")
-@click.option("--max-restarts", type=int, help="torchrun restarts before failing.")
-@click.option("--cpus", type=float, help="CPUs per node.")
-@click.option("--memory", help="Memory per node, e.g. 8G.")
-@click.option("--gpus", type=float,
-              help="GPUs per node (a fraction such as 0.5 shares one GPU in the local queue).")
-@click.option("--image", help="Container image (Kubernetes; Slurm with a container runtime).")
-@click.option("--queue", help="Queue: a Slurm partition, a Volcano queue, a Kueue LocalQueue.")
-@click.option("--priority", type=int, help="Priority within the queue (-1000 to 1000).")
-@click.option("--workdir", type=click.Path(file_okay=False), help="Working directory.")
-@click.option("-m", "--module", help="Run a Python module (like python -m).")
-@click.option("--no-fork", is_flag=True, help="Start every rank with a fresh interpreter.")
-@click.option("--dry-run", is_flag=True, help="Print what would start on each node; start nothing.")
-@click.option("--detach", is_flag=True, help="Submit, print the job id, return at once.")
-@click.argument("command", nargs=-1, type=click.UNPROCESSED)
-def run_command(
-    backend: str, option_pairs: tuple[str, ...], job_file: str | None, name: str | None,
-    nodes: int | None, procs_per_node: int | None, launcher: str | None, mpi: str | None,
-    env_pairs: tuple[str, ...],
-    time_limit: str | None, max_restarts: int | None, cpus: float | None,
-    memory: str | None, gpus: float | None, image: str | None, queue: str | None,
-    priority: int | None, workdir: str | None, module: str | None, no_fork: bool,
-    dry_run: bool, detach: bool, command: tuple[str, ...],
-) -> int:
-    """Run SCRIPT_OR_CMD [-- ARGS...] as a job.
+_SPEC_OPTIONS: list[Callable[[Any], Any]] = [
+    click.option("--backend", default="local", show_default=True, help="Where to run."),
+    click.option("-o", "--option", "option_pairs", multiple=True, metavar="KEY=VALUE",
+                 help="A backend option, e.g. -o partition=gpu (repeat for lists)."),
+    click.option("-f", "--file", "job_file", type=click.Path(dir_okay=False),
+                 help="A YAML/TOML job file; flags given here override its fields."),
+    click.option("--name", help="Job name (default: the script or command name)."),
+    click.option("--nodes", type=int, help="Number of nodes (emulated on the local backend)."),
+    click.option("--procs-per-node", type=int, help="Ranks per node."),
+    click.option("--launcher", type=click.Choice(LAUNCHERS), help="How ranks are started."),
+    click.option("--mpi", type=click.Choice(["openmpi", "mpich"]),
+                 help="MPI for --launcher mpirun: Open MPI's mpirun or MPICH's hydra."),
+    click.option("--env", "env_pairs", multiple=True, metavar="K=V", help="Set a variable."),
+    click.option("--time-limit", help="Wall-clock limit: 90, 90s, 30m, 1h30m, HH:MM:SS."),
+    click.option("--max-restarts", type=int, help="torchrun restarts before failing."),
+    click.option("--cpus", type=float, help="CPUs per node."),
+    click.option("--memory", help="Memory per node, e.g. 8G."),
+    click.option("--gpus", type=float, help="GPUs per node (a fraction such as 0.5 shares "
+                 "one GPU in the local queue)."),
+    click.option("--image", help="Container image (Kubernetes; Slurm with a container "
+                 "runtime)."),
+    click.option("--queue", help="Queue: the local queue's, a Slurm partition, a Volcano "
+                 "queue, a Kueue LocalQueue."),
+    click.option("--priority", type=int, help="Priority within the queue (-1000 to 1000)."),
+    click.option("--workdir", type=click.Path(file_okay=False), help="Working directory."),
+    click.option("-m", "--module", help="Run a Python module (like python -m)."),
+    click.option("--no-fork", is_flag=True, help="Start every rank with a fresh interpreter."),
+    click.option("--dry-run", is_flag=True,
+                 help="Print what would start on each node; start nothing."),
+]
+_QUEUE_OPTIONS: list[Callable[[Any], Any]] = [
+    click.option("--after", "after", multiple=True, metavar="[KIND:]ID",
+                 help="Start after job ID succeeded (KIND: afterok, afterany, afternotok)."),
+    click.option("--retries", type=int, help="Queue the job again this many times if it "
+                 "fails."),
+    click.option("--preemptible", is_flag=True, help="A more urgent job may stop it "
+                 "(SIGUSR1, a grace period, then it is queued again)."),
+    click.option("--hold", is_flag=True, help="Queue it held: it starts after `corral "
+                 "release`."),
+]
 
-    \b
-      corral run train.py -- --lr 0.1
-      corral run --nodes 2 --procs-per-node 2 --launcher torchrun train.py
-      corral run -m mypkg.train -- --epochs 3
-      corral run --nodes 2 hostname
-    """
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _with(options: list[Callable[[F], F]]) -> Callable[[F], F]:
+    def apply(fn: F) -> F:
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+    return apply
+
+
+@dataclass(frozen=True)
+class Prepared:
+    spec: JobSpec
+    engine: Backend
+    plan: Plan
+    backend: str
+
+
+def prepare_job(backend: str, option_pairs: tuple[str, ...], job_file: str | None,
+                name: str | None, nodes: int | None, procs_per_node: int | None,
+                launcher: str | None, mpi: str | None, env_pairs: tuple[str, ...],
+                time_limit: str | None, max_restarts: int | None, cpus: float | None,
+                memory: str | None, gpus: float | None, image: str | None,
+                queue: str | None, priority: int | None, workdir: str | None,
+                module: str | None, no_fork: bool, command: tuple[str, ...],
+                **_: Any) -> Prepared:
+    """The spec from the flags (over a job file), its backend, and its rendered plan."""
     fields: dict[str, Any] = read_job_file(job_file) if job_file else {}
     if command and command[0] == "--":
         command = command[1:]
@@ -158,21 +187,61 @@ def run_command(
     if no_fork:
         values["fork"] = False
     engine = configured_backend(backend, values)
-    plan = engine.render(spec)
+    return Prepared(spec, engine, engine.render(spec), backend)
+
+
+def submission_from(after: tuple[str, ...] = (), array: str | None = None,
+                    retries: int | None = None, preemptible: bool = False,
+                    hold: bool = False, **_: Any) -> Submission:
+    from corral.queue.submission import Submission, parse_after, parse_array
+
+    return Submission(after=parse_after(after),
+                      array=parse_array(array) if array is not None else None,
+                      retries=retries or 0, preemptible=preemptible, hold=hold)
+
+
+def _queue_only(prepared: Prepared, submission: Submission) -> None:
+    from corral.queue.submission import Submission
+
+    if prepared.backend != "local" and submission != Submission():
+        raise SpecError([("after/array/retries/preemptible/hold", prepared.backend,
+                          "options of the local queue; on a cluster use its own (Slurm: "
+                          "-o extra_sbatch=--dependency=afterok:ID)")])
+
+
+@click.command("run", context_settings={"ignore_unknown_options": True,
+                                        "allow_interspersed_args": False})
+@_with(_SPEC_OPTIONS)
+@_with(_QUEUE_OPTIONS)
+@click.option("--detach", is_flag=True, help="Submit, print the job id, return at once.")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def run_command(dry_run: bool, detach: bool, **given: Any) -> int:
+    """Run SCRIPT_OR_CMD [-- ARGS...] as a job.
+
+    \b
+      corral run train.py -- --lr 0.1
+      corral run --nodes 2 --procs-per-node 2 --launcher torchrun train.py
+      corral run -m mypkg.train -- --epochs 3
+      corral run --nodes 2 hostname
+    """
+    prepared = prepare_job(**given)
+    submission = submission_from(**given)
+    _queue_only(prepared, submission)
+    spec, engine, plan = prepared.spec, prepared.engine, prepared.plan
     if dry_run:
         click.echo(plan.dry_run_text(), nl=False)
         return 0
     if detach:
-        ref = engine.submit(spec, plan)
-        click.echo(ref.job_id)
+        click.echo(_submit(prepared, submission)[0])
         return 0
-    click.echo(f"corral: job {plan.job_id} on {backend}: {spec.nodes} node(s) x "
+    click.echo(f"corral: job {plan.job_id} on {prepared.backend}: {spec.nodes} node(s) x "
                f"{spec.procs_per_node} rank(s)", err=True)
+    extra = {"submission": submission} if prepared.backend == "local" else {}
     received: list[int] = []
     with _signals_as_interrupt(received):
         try:
             status = engine.run(spec, sink=LinePrinter(spec.procs_per_node), plan=plan,
-                                waiting=_show_waiting)
+                                waiting=_show_waiting, **extra)
         except KeyboardInterrupt:
             status = engine.describe(plan.job_id)
             received.append(signal.SIGINT)
@@ -184,6 +253,41 @@ def run_command(
         return 128 + received[0]
     code: int = status.returncode
     return code
+
+
+def _submit(prepared: Prepared, submission: Submission) -> list[str]:
+    from corral.backends.local.client import LocalBackend
+
+    if isinstance(prepared.engine, LocalBackend):
+        return prepared.engine.submit_queued(prepared.spec, prepared.plan, submission)
+    return [prepared.engine.submit(prepared.spec, prepared.plan).job_id]
+
+
+@click.command("submit", context_settings={"ignore_unknown_options": True,
+                                           "allow_interspersed_args": False})
+@_with(_SPEC_OPTIONS)
+@_with(_QUEUE_OPTIONS)
+@click.option("--array", metavar="SPEC",
+              help="A job array: 0-99, 1,3,5 or 0-20:5, with %N to run at most N at once; "
+                   "each task sees CORRAL_ARRAY_TASK_ID.")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def submit_command(dry_run: bool, **given: Any) -> int:
+    """Queue SCRIPT_OR_CMD [-- ARGS...]; print its job id (one per array task) at once.
+
+    \b
+      corral submit --gpus 1 train.py -- --lr 0.1
+      corral submit --array 0-99%8 sweep.py
+      corral submit --after train-2611-ab12cd eval.py
+    """
+    prepared = prepare_job(**given)
+    submission = submission_from(**given)
+    _queue_only(prepared, submission)
+    if dry_run:
+        click.echo(prepared.plan.dry_run_text(), nl=False)
+        return 0
+    for job_id in _submit(prepared, submission):
+        click.echo(job_id)
+    return 0
 
 
 def _show_waiting(status: JobStatus) -> None:

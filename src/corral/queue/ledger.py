@@ -19,8 +19,8 @@ import json
 import math
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from corral.errors import CorralError, JobNotFound
@@ -179,7 +179,8 @@ class Ledger:
 
     def __init__(self, store: Store, weights: Weights | None = None) -> None:
         self.store = store
-        self.half_life = (weights or Weights()).half_life
+        self.weights = weights or Weights()
+        self.half_life = self.weights.half_life
 
     # -- submitting --------------------------------------------------------------------------
 
@@ -345,44 +346,86 @@ class Ledger:
             db.execute("INSERT INTO queue_usage (key, value) VALUES (?, ?) ON CONFLICT (key) "
                        "DO UPDATE SET value = value + excluded.value", (key, scaled))
 
+    def _requeue_rows(self, db: sqlite3.Connection, row: Row, retries: int, amount: float,
+                      now: float) -> None:
+        self._charge(db, row, amount, now)
+        db.execute("UPDATE queue SET phase = ?, token = NULL, dispatched = NULL, "
+                   "placement = NULL, preempt_at = NULL, preempt_for = NULL, "
+                   "retries_left = ? WHERE job_id = ?", (WAITING, retries, row.job_id))
+        db.execute("UPDATE jobs SET owner_pid = NULL, owner_start = NULL, started = NULL, "
+                   "engine_id = NULL WHERE id = ?", (row.job_id,))
+
+    def _close_rows(self, db: sqlite3.Connection, row: Row, state: JobState, amount: float,
+                    now: float) -> None:
+        outcome = outcome_of(state)
+        cursor = db.execute("UPDATE queue SET phase = ?, outcome = ? WHERE job_id = ? AND "
+                            "phase != ?", (DONE, outcome.value if outcome else None,
+                                           row.job_id, DONE))
+        if cursor.rowcount:
+            self._charge(db, row, amount, now)
+
+    @staticmethod
+    def _again(row: Row, state: JobState, reason: str) -> tuple[str, int] | None:
+        """Why and with how many retries left the job goes back in line, or None."""
+        if row.preempt_at is not None and state is JobState.CANCELLED and "preempted" in reason:
+            return f"requeued: preempted for job {row.preempt_for}", row.retries_left
+        if state in (JobState.FAILED, JobState.TIMEOUT) and row.retries_left > 0:
+            left = row.retries_left - 1
+            return (f"requeued after attempt {row.attempt} {state.value.lower()} ({reason}); "
+                    f"{left} retries left"), left
+        return None
+
+    @staticmethod
+    def _amount(row: Row, started: float | None, finished: float) -> float:
+        ran = max(0.0, finished - started) if started else 0.0
+        return ran * (row.request.cpus + GPU_BILLING * row.request.gpus) * row.request.nodes
+
+    def ending(self, job_id: str, observed: Observation
+               ) -> tuple[Observation, Callable[[sqlite3.Connection, bool], None] | None]:
+        """How the supervisor of a queued job records its end, in one transaction: as
+        observed (and the entry closed, usage charged), or queued again at once (a
+        preemption, a failure with retries left) so that no reader sees it end first."""
+        row = self.row(job_id)
+        if row is None:
+            return observed, None
+        now = time.time()
+        amount = self._amount(row, row.started, observed.finished or now)
+        again = self._again(row, observed.state, observed.reason)
+        if again is None:
+            def close(db: sqlite3.Connection, moved: bool) -> None:
+                if moved:
+                    self._close_rows(db, row, observed.state, amount, now)
+            return observed, close
+        why, retries = again
+
+        def requeue(db: sqlite3.Connection, moved: bool) -> None:
+            if moved:
+                self._requeue_rows(db, row, retries, amount, now)
+
+        ranks = tuple(replace(r, state=JobState.PENDING, returncode=None, pid=None)
+                      for r in observed.ranks or ())
+        return Observation(JobState.PENDING, why, engine_attempt=row.attempt + 1,
+                           ranks=ranks or None, notes=observed.notes), requeue
+
     def finish(self, row: Row, record: JobRecord, now: float) -> bool:
-        """The job behind a dispatched/running entry ended: charge its usage and close
-        the entry, or queue it again (a preemption, or a failure with retries left).
-        Returns True if it was queued again."""
-        ran = max(0.0, (record.finished or now) - (record.started or now)) if (
-            record.started) else 0.0
-        amount = ran * (row.request.cpus + GPU_BILLING * row.request.gpus) * row.request.nodes
-        preempted = row.preempt_at is not None and record.state is JobState.CANCELLED and (
-            "preempted" in record.reason)
-        retry = record.state in (JobState.FAILED, JobState.TIMEOUT) and row.retries_left > 0
-        if preempted or retry:
-            why = (f"requeued: preempted for job {row.preempt_for}" if preempted else
-                   f"requeued after attempt {record.attempt} {record.state.value.lower()} "
-                   f"({row.retries_left - 1} retries left)")
-            retries = row.retries_left if preempted else row.retries_left - 1
+        """A dispatched/running entry whose job ended without its supervisor closing it
+        (it died, or the job was cancelled before it started): close the entry, or queue
+        the job again. Returns True if it was queued again."""
+        amount = self._amount(row, record.started, record.finished or now)
+        again = self._again(row, record.state, record.reason)
+        if again is not None:
+            why, retries = again
 
             def requeue(db: sqlite3.Connection, moved: bool) -> None:
-                if not moved:
-                    return
-                self._charge(db, row, amount, now)
-                db.execute("UPDATE queue SET phase = ?, token = NULL, dispatched = NULL, "
-                           "placement = NULL, preempt_at = NULL, preempt_for = NULL, "
-                           "retries_left = ? WHERE job_id = ?", (WAITING, retries, row.job_id))
-                db.execute("UPDATE jobs SET owner_pid = NULL, owner_start = NULL, "
-                           "started = NULL, engine_id = NULL WHERE id = ?", (row.job_id,))
+                if moved:
+                    self._requeue_rows(db, row, retries, amount, now)
 
             _, moved = self.store.apply(row.job_id, Observation(
                 JobState.PENDING, why, engine_attempt=record.attempt + 1), Source.ENGINE,
                 also=requeue)
             return moved
-
-        outcome = outcome_of(record.state)
         with self.store.transaction() as db:
-            cursor = db.execute("UPDATE queue SET phase = ?, outcome = ? WHERE job_id = ? AND "
-                                "phase != ?", (DONE, outcome.value if outcome else None,
-                                               row.job_id, DONE))
-            if cursor.rowcount:
-                self._charge(db, row, amount, now)
+            self._close_rows(db, row, record.state, amount, now)
         return False
 
     def cancel_waiting(self, job_id: str, reason: str, source: Source) -> bool:

@@ -119,7 +119,8 @@ def prepare(store: Store, job_id: str, token: str, sink: LineSink | None = None,
         store.apply(job_id, Observation(JobState.FAILED, reason), Source.SUPERVISOR)
         return None
     return Supervisor(run=run, store=store, job_id=job_id, plan=plan.to_json(),
-                      launcher=spec.launcher, grace=options.grace_seconds, sink=sink)
+                      launcher=spec.launcher, grace=options.grace_seconds, sink=sink,
+                      ending=lambda observed: ledger.ending(job_id, observed))
 
 
 def start_job(store_path: Path, job_id: str, token: str) -> int:

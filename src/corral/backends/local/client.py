@@ -121,6 +121,12 @@ class LocalBackend(Backend):
     def cancel_grace(self) -> float:  # type: ignore[override]
         return self.options.grace_seconds + 5.0
 
+    def options_data(self) -> dict[str, Any]:
+        """Recorded with each job: the queue starts it later with the same options."""
+        from dataclasses import asdict
+
+        return asdict(self.options)
+
     def record_details(self, spec: JobSpec, plan: Plan) -> dict[str, Any]:
         return {"entrypoint": _describe_entry(spec), "args": list(spec.args),
                 "workdir": getattr(plan, "workdir", None), "grace": self.options.grace_seconds}
@@ -225,27 +231,31 @@ class LocalBackend(Backend):
         from corral.queue.start import prepare
 
         job_id = enqueue(self, spec, self._plan(spec, plan), submission, foreground=True)[0]
-        try:
-            token = wait_for_turn(self.store, job_id, waiting)
-        except KeyboardInterrupt:
-            self.cancel(job_id)
-            raise
-        supervisor = prepare(self.store, job_id, token, sink, environ=False) if token else None
-        if supervisor is None:
-            return self.store.status(job_id)
-        previous: Any = None
-        in_main = threading.current_thread() is threading.main_thread()
-        if in_main:
-            previous = signal.signal(signal.SIGINT, lambda *_: supervisor.request_cancel())
-        try:
-            status = supervisor.run_to_end()
-        finally:
+        while True:  # again after a retry or a preemption put it back in line
+            try:
+                token = wait_for_turn(self.store, job_id, waiting)
+            except KeyboardInterrupt:
+                self.cancel(job_id)
+                raise
+            supervisor = prepare(self.store, job_id, token, sink, environ=False) if (
+                token) else None
+            if supervisor is None:
+                return self.store.status(job_id)
+            previous: Any = None
+            in_main = threading.current_thread() is threading.main_thread()
             if in_main:
-                signal.signal(signal.SIGINT, previous)
-            wake(self.store)
-        if supervisor.interrupted:
-            raise KeyboardInterrupt
-        return status
+                previous = signal.signal(signal.SIGINT,
+                                         lambda *_, s=supervisor: s.request_cancel())
+            try:
+                status = supervisor.run_to_end()
+            finally:
+                if in_main:
+                    signal.signal(signal.SIGINT, previous)
+                wake(self.store)
+            if supervisor.interrupted:
+                raise KeyboardInterrupt
+            if status.state is not JobState.PENDING:
+                return status
 
     # -- observe --------------------------------------------------------------------------
 

@@ -64,6 +64,8 @@ class Supervisor:
     agents: list[_Agent] = field(default_factory=list)
     _stop_reason: tuple[JobState, str] | None = None
     interrupted: bool = False  # stopped by request_cancel (Ctrl-C, SIGTERM)
+    # How the end is recorded: the observation to apply, and more rows to write with it.
+    ending: Callable[[Observation], tuple[Observation, Any]] | None = None
 
     def __post_init__(self) -> None:
         self.cancel_event = threading.Event()
@@ -284,10 +286,14 @@ class Supervisor:
                 )
         for agent in self.agents:
             agent.stdout.close()
-        self.store.apply(self.job_id, Observation(
+        observed = Observation(
             status.state, status.reason, finished=status.finished,
-            ranks=tuple(status.ranks), failure=status.failure, notes=tuple(status.notes),
-        ), Source.USER if status.state is JobState.CANCELLED else Source.SUPERVISOR)
+            ranks=tuple(status.ranks), failure=status.failure, notes=tuple(status.notes))
+        source = Source.USER if status.state is JobState.CANCELLED else Source.SUPERVISOR
+        also = None
+        if self.ending is not None:  # the queue may take the job back in line instead
+            observed, also = self.ending(observed)
+        self.store.apply(self.job_id, observed, source, also=also)
         self.status = self.store.status(self.job_id)
 
 
