@@ -86,13 +86,15 @@ def ensure_agent(store: Store) -> bool:
     """Start an agent for this store unless one runs; True if one was started."""
     if agent_running(store):
         return False
-    log = open(_lock_path(store, "queue-agent.log"), "ab")  # noqa: SIM115
     try:
-        subprocess.Popen([sys.executable, "-m", "corral.queue.agent", str(store.path)],
-                         stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                         start_new_session=True, cwd="/")
-    finally:
-        log.close()
+        with open(_lock_path(store, "queue-agent.log"), "ab") as log:
+            subprocess.Popen([sys.executable, "-m", "corral.queue.agent", str(store.path)],
+                             stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                             start_new_session=True, cwd="/")
+    except OSError as exc:  # the job stays queued: the next corral command tries again
+        print(f"corral: warning: cannot start the queue agent ({exc}); queued jobs start "
+              "once one runs (any `corral ps` or `corral wait` tries again)", file=sys.stderr)
+        return False
     return True
 
 
