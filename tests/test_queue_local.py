@@ -256,3 +256,19 @@ def test_the_agent_exits_when_idle_and_a_killed_one_is_replaced(tmp_path: Path) 
     second = submit(job(tmp_path, "two", 0.1))
     assert wait_all([second])[second] is JobState.SUCCEEDED
     until(lambda: not agent_running(store), timeout=20, what="the idle agent to exit")
+
+
+def test_python_api_submit_with_queue_options_and_arrays(tmp_path: Path) -> None:
+    import corral
+
+    first = corral.submit(job(tmp_path, "api_first", 0.2), retries=1)
+    then = corral.submit(job(tmp_path, "api_then", 0.1), after=[first.job_id])
+    tasks = corral.submit_array(job(tmp_path, "api_task", 0.1, resources={"cpus": 0.5}),
+                                "0-2")
+    assert [t.job_id for t in tasks] == [f"{tasks[0].job_id[:-2]}_{i}" for i in range(3)]
+    assert all(t.wait(timeout=60).state is JobState.SUCCEEDED for t in [first, then, *tasks])
+    assert ran(tmp_path, "api_then")["start"] >= ran(tmp_path, "api_first")["end"]
+    assert sorted(p.name for p in tmp_path.glob("api_task-*.1.json")) == [
+        "api_task-0.1.json", "api_task-1.1.json", "api_task-2.1.json"]
+    with pytest.raises(corral.SpecError, match="array"):
+        corral.submit_array(job(tmp_path, "bad", 0.1), "x-y")

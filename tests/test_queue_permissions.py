@@ -51,7 +51,7 @@ def as_user(user: pwd.struct_passwd, home: Path, work: Callable[[], Any]) -> Any
             os.setgid(user.pw_gid)
             os.setuid(user.pw_uid)
             result: dict[str, Any] = {"ok": work()}
-        except BaseException as exc:  # noqa: BLE001 - reported to the parent
+        except BaseException as exc:
             result = {"error": f"{type(exc).__name__}: {exc}"}
         os.write(write, json.dumps(result).encode())
         os._exit(0)

@@ -24,6 +24,7 @@ _EXPORTS = {
     "JobStatus": "corral.status",
     "run": "corral.api",
     "submit": "corral.api",
+    "submit_array": "corral.api",
     "attach": "corral.api",
     "distributed": "corral.api",
     "JobHandle": "corral.api",
@@ -57,10 +58,11 @@ __all__ = [
     "load_job_file",
     "run",
     "submit",
+    "submit_array",
 ]
 
 if TYPE_CHECKING:
-    from corral.api import JobHandle, attach, distributed, run, submit
+    from corral.api import JobHandle, attach, distributed, run, submit, submit_array
     from corral.backends import get_backend
     from corral.environment import JobEnvironment, env
     from corral.errors import CorralError, JobFailed, RankError, SpecError

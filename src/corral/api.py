@@ -8,8 +8,8 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
-from typing import Any, Generic, ParamSpec, TypeVar
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from corral.backends import backend_for_job, configured_backend
 from corral.backends.base import Backend
@@ -19,6 +19,9 @@ from corral.logs import LogSource
 from corral.spec import Function, JobSpec, JobState
 from corral.status import JobStatus
 from corral.store import open_store
+
+if TYPE_CHECKING:
+    from corral.queue.submission import Submission
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -50,11 +53,44 @@ def run(
     return status
 
 
-def submit(spec: JobSpec, backend: str | Backend = "local") -> JobHandle:
-    """Start ``spec`` and return a handle at once."""
+def submit(spec: JobSpec, backend: str | Backend = "local", *,
+           after: Sequence[str] = (), retries: int = 0, preemptible: bool = False,
+           hold: bool = False) -> JobHandle:
+    """Queue ``spec`` and return a handle at once. On the local backend the queue options
+    apply: ``after`` (``"ID"``, ``"afterany:ID"``, ``"afternotok:ID"``), ``retries``,
+    ``preemptible``, ``hold``; :func:`submit_array` queues an array."""
+    from corral.queue.submission import Submission, parse_after
+
     engine = _backend(backend)
-    ref = engine.submit(spec)
-    return JobHandle(engine, ref.job_id)
+    submission = Submission(after=parse_after(after), retries=retries,
+                            preemptible=preemptible, hold=hold)
+    return JobHandle(engine, _queued(engine, spec, submission)[0])
+
+
+def submit_array(spec: JobSpec, array: str, backend: str | Backend = "local", *,
+                 after: Sequence[str] = (), retries: int = 0) -> list[JobHandle]:
+    """Queue one job per index of ``array`` (``"0-99%8"``: at most 8 at once) on the local
+    queue; each task reads its index from ``CORRAL_ARRAY_TASK_ID``."""
+    from corral.queue.submission import Submission, parse_after, parse_array
+
+    engine = _backend(backend)
+    submission = Submission(after=parse_after(after), array=parse_array(array),
+                            retries=retries)
+    return [JobHandle(engine, job_id) for job_id in _queued(engine, spec, submission)]
+
+
+def _queued(engine: Backend, spec: JobSpec, submission: Submission) -> list[str]:
+    from corral.backends.local.client import LocalBackend
+    from corral.queue.submission import Submission as Plain
+
+    if isinstance(engine, LocalBackend):
+        return engine.submit_queued(spec, submission=submission)
+    if submission != Plain():
+        from corral.errors import SpecError
+
+        raise SpecError([("after/array/retries/preemptible/hold", engine.name,
+                          "options of the local queue; a cluster has its own")])
+    return [engine.submit(spec).job_id]
 
 
 def attach(job_id: str) -> JobHandle:
