@@ -10,7 +10,9 @@ import pwd
 import shutil
 import stat
 import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,9 +21,9 @@ import pytest
 
 from conftest import require
 from corral.backends.local import LocalBackend
-from corral.errors import CorralError
+from corral.errors import CorralError, PermissionDenied
 from corral.jobstate import JobState
-from corral.queue.ledger import Ledger, PermissionDenied
+from corral.queue.ledger import Ledger
 from corral.queue.submission import Submission
 from corral.spec import JobSpec
 from corral.store import open_store
@@ -112,6 +114,7 @@ def test_another_user_cannot_cancel_or_read_a_queued_job(
             return f"refused: {exc}"
 
     assert as_user(second, home, cancel).startswith("refused: cannot open the job store")
+    assert "the corral home is another user" in as_user(second, home, cancel)
     assert as_user(second, home, read_environment) == "refused: Permission denied"
     assert as_user(second, home, read_logs).startswith("refused:")
     assert as_user(first, home, read_environment).count("CORRAL_HOME") == 1  # its own: fine
@@ -132,3 +135,83 @@ def test_another_user_cannot_cancel_or_read_a_queued_job(
         from conftest import stop_queue_agent
 
         stop_queue_agent(home)
+
+
+@pytest.fixture
+def shared_queue(two_users: tuple[pwd.struct_passwd, pwd.struct_passwd, Path]
+                 ) -> Iterator[tuple[pwd.struct_passwd, pwd.struct_passwd, Path]]:
+    """A shared queue served by root (one faked GPU), as `corral queue serve` runs it."""
+    first, second, home = two_users
+    shared = home.parent / "shared"
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "0", "CORRAL_QUEUE_CPUS": "2"}
+    agent = subprocess.Popen([sys.executable, "-m", "corral.cli", "queue", "serve",
+                              str(shared)], env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not (shared / "queue.sock").exists():
+        assert agent.poll() is None and time.monotonic() < deadline, agent.stderr
+        time.sleep(0.05)
+    yield first, second, shared
+    agent.terminate()
+    agent.communicate(timeout=30)
+
+
+def test_a_shared_queue_runs_each_users_job_as_that_user_one_gpu_at_a_time(
+        shared_queue: tuple[pwd.struct_passwd, pwd.struct_passwd, Path],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    first, second, home = shared_queue
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")  # what every user sees of the one GPU
+    script = 'id -u; date +%s.%N; sleep 2; date +%s.%N'
+    spec = JobSpec(name="shared", entrypoint={"kind": "command", "argv": ["sh", "-c", script]},
+                   resources={"gpus": 1}, workdir="/")
+    LocalBackend().render(spec)  # imports what the children need while still root
+
+    def submit() -> str:
+        os.environ["TOKEN"] = f"secret-of-{os.getuid()}"
+        return LocalBackend().submit_queued(spec)[0]
+
+    mine, theirs = as_user(first, home, submit), as_user(second, home, submit)
+
+    def meddle() -> dict[str, str]:
+        found = {}
+        for what, act in (("cancel", lambda: LocalBackend().cancel(mine)),
+                          ("hold", lambda: Ledger(open_store()).set_held(mine, True)),
+                          ("logs", lambda: list(LocalBackend().logs(mine))),
+                          ("environ", lambda: (home / "runs" / mine / "environ.json")
+                           .read_text())):
+            try:
+                act()
+                found[what] = "allowed"
+            except (CorralError, OSError) as exc:
+                found[what] = f"{type(exc).__name__}: {exc}"
+        found["ps"] = " ".join(sorted(r.user for r in open_store().jobs()))
+        return found
+
+    refused = as_user(second, home, meddle)
+    assert refused["cancel"].startswith("SharedQueueError: job " + mine + " belongs to user "
+                                        + USERS[0]), refused
+    assert "read-only for you" in refused["hold"], refused
+    assert refused["logs"].startswith("PermissionDenied"), refused
+    assert refused["environ"].startswith("PermissionError"), refused
+    assert refused["ps"] == " ".join(sorted(USERS))  # everyone sees the list, as squeue
+
+    os.environ["CORRAL_HOME"] = str(home)
+    store = open_store()
+    deadline = time.monotonic() + 60
+    while store.jobs(live=True):
+        assert time.monotonic() < deadline, [(r.id, r.state, r.reason) for r in store.jobs()]
+        time.sleep(0.1)
+    assert {r.state for r in store.jobs()} == {JobState.SUCCEEDED}
+    runs = {}
+    for job_id, user in ((mine, first), (theirs, second)):
+        uid, start, end = (home / "runs" / job_id / "logs" / "rank-0.log").read_text().split()
+        runs[job_id] = (float(start), float(end))
+        assert int(uid) == user.pw_uid  # the rank ran as its user
+        assert "secret" not in json.dumps(store.get(job_id).spec)
+    (a_start, a_end), (b_start, b_end) = runs[mine], runs[theirs]
+    assert a_end <= b_start or b_end <= a_start  # one GPU: one job at a time
+
+    def read_own_environment() -> str:
+        return json.loads((home / "runs" / mine / "environ.json").read_text())["TOKEN"]
+
+    assert as_user(first, home, read_own_environment) == f"secret-of-{first.pw_uid}"

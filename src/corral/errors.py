@@ -7,6 +7,8 @@ CorralError
  ├── BackendError         a backend could not do what was asked
  │    ├── SubmitError     nothing was started
  │    ├── JobNotFound     no record of that job id
+ │    ├── PermissionDenied  the job is another user's (cancel, hold, logs)
+ │    ├── SharedQueueError  a shared queue's agent refused or cannot be reached
  │    └── StoreError      the job store cannot be opened, read or written (corral.store)
  │         └── DuplicateJob
  ├── IllegalTransition    a state change the state machine refuses (corral.states)
@@ -61,6 +63,10 @@ class BackendError(CorralError):
 
 class SubmitError(BackendError):
     """Submission failed; nothing was started."""
+
+
+class PermissionDenied(BackendError):
+    """The job belongs to another user: only its owner or root may act on it."""
 
 
 class JobNotFound(BackendError, KeyError):

@@ -41,6 +41,7 @@ from corral.states import IllegalTransition, Source, transition
 from corral.status import Failure, JobStatus, RankStatus, TaskStatus
 
 SCHEMA_VERSION = 3
+SHARED_MARKER = "queue-shared.json"  # in a corral home served by a shared queue agent
 LOCK_WAIT_SECONDS = 120.0
 
 # Each entry moves the schema from version i to i + 1. Only ever append; only ever add.
@@ -377,9 +378,30 @@ class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.RLock()
-        self._db = self._connect()
+        if (path.parent.exists() and not os.access(path.parent, os.X_OK)) or (
+                path.exists() and not os.access(path, os.R_OK)):
+            raise StoreError(
+                f"cannot open the job store {str(path)!r}: permission denied (the corral home "
+                "is another user's); set CORRAL_HOME to a directory of yours")
+        # A shared queue's store (corral.queue.shared) belongs to its agent: the others
+        # read it and ask the agent for every change.
+        self.read_only = path.exists() and not os.access(path, os.W_OK)
+        self.shared = (path.parent / SHARED_MARKER).exists()
+        self._db = self._connect_read_only() if self.read_only else self._connect()
 
     # -- opening and migrating -------------------------------------------------------------
+
+    def _connect_read_only(self) -> sqlite3.Connection:
+        try:
+            db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True,
+                                 timeout=LOCK_WAIT_SECONDS, isolation_level=None,
+                                 check_same_thread=False)
+            db.row_factory = sqlite3.Row
+            db.execute(f"PRAGMA busy_timeout = {int(LOCK_WAIT_SECONDS * 1000)}")
+            db.execute("SELECT 1 FROM jobs LIMIT 1").fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read the job store {str(self.path)!r}: {exc}") from None
+        return db
 
     def _connect(self) -> sqlite3.Connection:
         folder = self.path.parent
@@ -397,16 +419,19 @@ class Store:
                                  isolation_level=None, check_same_thread=False)
             db.row_factory = sqlite3.Row
             db.execute(f"PRAGMA busy_timeout = {int(LOCK_WAIT_SECONDS * 1000)}")
-            db.execute("PRAGMA journal_mode = WAL")
+            # WAL lets writers and readers overlap; a shared queue's readers cannot write
+            # WAL's index file, so its store keeps a rollback journal instead.
+            db.execute("PRAGMA journal_mode = " + ("DELETE" if self.shared else "WAL"))
             db.execute("PRAGMA synchronous = NORMAL")
             self._migrate(db)
         except sqlite3.Error as exc:
             raise StoreError(
                 f"cannot open the job store {str(self.path)!r}: {exc}; check that the file "
                 "and its folder are writable (or move it away to start a new one)") from None
+        mode = 0o644 if self.shared else 0o600  # a shared queue is listed by all, like squeue
         for suffix in ("", "-wal", "-shm"):  # the journal holds the same data
             try:
-                os.chmod(f"{self.path}{suffix}", 0o600)
+                os.chmod(f"{self.path}{suffix}", mode)
             except OSError:
                 pass
         return db
@@ -454,6 +479,11 @@ class Store:
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction, holding the database's write lock from its start."""
+        if self.read_only:
+            raise StoreError(
+                f"the job store {str(self.path)!r} is read-only for you: it is a shared "
+                "queue's, and its agent makes every change (submit, cancel, hold and release "
+                "ask it)")
         with self._lock:
             db = self._db
             deadline = time.monotonic() + LOCK_WAIT_SECONDS
@@ -491,14 +521,14 @@ class Store:
                spec: dict[str, Any] | None = None, options: dict[str, Any] | None = None,
                run_dir: str | None = None, details: dict[str, Any] | None = None,
                owner: Owner | None = None, state: JobState = JobState.SUBMITTING,
-               reason: str = "",
+               reason: str = "", user: str | None = None,
                also: Callable[[sqlite3.Connection], None] | None = None) -> JobRecord:
         """Record a new job as SUBMITTING, before any engine is called (or, for the
         embedded queue, as PENDING together with its queue entry: ``also`` writes more
         rows in the same transaction)."""
         now = time.time()
         values = {
-            "id": job_id, "name": name, "user": _user(), "backend": backend,
+            "id": job_id, "name": name, "user": user or _user(), "backend": backend,
             "poll_key": poll_key, "engine_id": None, "options": _json(options),
             "spec": _json(spec), "launcher": launcher, "nodes": nodes,
             "procs_per_node": procs_per_node, "state": state.value,

@@ -38,6 +38,8 @@ def submit_grace() -> float:
 def refresh(backend: Backend, force: bool = False) -> None:
     """Bring the store up to date with ``backend``'s engine, if it is our turn to ask."""
     store = backend.store
+    if store.read_only:  # a shared queue's store: its agent keeps it up to date
+        return
     live = store.jobs(backend.name, live=True, poll_key=backend.poll_key)
     if not live:
         return

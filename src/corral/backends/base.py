@@ -315,15 +315,20 @@ class Backend(abc.ABC):
         the job, then raises KeyboardInterrupt again, so that a loop of runs stops: a
         foreground run never leaves ranks behind.
         """
-        ref = self.submit(spec, plan)
+        return self.follow_run(self.submit(spec, plan).job_id, sink, waiting)
+
+    def follow_run(self, job_id: str, sink: LineSink | None = None,
+                   waiting: Callable[[JobStatus], None] | None = None) -> JobStatus:
+        """What ``run`` does once the job is submitted: wait for it to start, stream its
+        lines, return its final status; Ctrl-C cancels it and raises again."""
         try:
-            self._wait_to_start(ref.job_id, waiting)
-            for source, line in self._run_lines(ref.job_id):
+            self._wait_to_start(job_id, waiting)
+            for source, line in self._run_lines(job_id):
                 if sink is not None:
                     sink(source, line)
-            return self.wait(ref.job_id)
+            return self.wait(job_id)
         except KeyboardInterrupt:
-            self.cancel(ref.job_id)
+            self.cancel(job_id)
             raise
 
     def _wait_to_start(self, job_id: str, waiting: Callable[[JobStatus], None] | None) -> None:

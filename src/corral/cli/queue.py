@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import click
@@ -98,8 +99,15 @@ def queue_set_command(name: str, weight: float, max_running: int | None) -> int:
         problems.append(("max-running", max_running, "at least 1"))
     if problems:
         raise SpecError(problems)
-    _ledger().set_queue(name, weight, max_running)
-    _wake()
+    store = open_store()
+    if store.shared:
+        from corral.queue.shared import Request, request
+
+        request(store.path.parent, Request("set_queue", queue={
+            "name": name, "weight": weight, "max_running": max_running}))
+    else:
+        _ledger().set_queue(name, weight, max_running)
+        _wake()
     click.echo(f"queue {name}: weight {weight:g}, max running {max_running or '-'}")
     return 0
 
@@ -148,6 +156,15 @@ def nodes_command(as_json: bool) -> int:
 def _set_held(job_ids: tuple[str, ...], held: bool) -> int:
     from corral.cli.jobs import for_each_job
 
+    store = open_store()
+    if store.shared:
+        from corral.queue.shared import Request, request
+
+        reply = request(store.path.parent, Request("hold" if held else "release",
+                                                   job_ids=list(job_ids)))
+        for message in reply.messages:
+            click.echo(message)
+        return 0
     ledger = _ledger()
 
     def act(job_id: str) -> None:
@@ -173,3 +190,19 @@ def hold_command(job_ids: tuple[str, ...]) -> int:
 def release_command(job_ids: tuple[str, ...]) -> int:
     """Let held jobs start again."""
     return _set_held(job_ids, False)
+
+
+@queue_group.command("serve")
+@click.argument("home", type=click.Path(file_okay=False, path_type=Path))
+def queue_serve_command(home: Path) -> int:
+    """Run a queue shared by this machine's users, as root (users set CORRAL_HOME=HOME)."""
+    from corral.queue.agent import serve
+    from corral.queue.serve import prepare_home
+
+    home = home.resolve()
+    prepare_home(home)
+    os.environ["CORRAL_HOME"] = str(home)  # run directories and logs go there too
+    store = open_store(home / "corral.db")
+    click.echo(f"corral: serving the shared queue in {home} (users: CORRAL_HOME={home})",
+               err=True)
+    return serve(store, idle=0.0, shared=True)

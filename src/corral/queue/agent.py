@@ -83,8 +83,9 @@ def agent_running(store: Store) -> bool:
 
 
 def ensure_agent(store: Store) -> bool:
-    """Start an agent for this store unless one runs; True if one was started."""
-    if agent_running(store):
+    """Start an agent for this store unless one runs; True if one was started. A shared
+    queue's agent is root's service (``corral queue serve``): never started from here."""
+    if store.shared or agent_running(store):
         return False
     try:
         with open(_lock_path(store, "queue-agent.log"), "ab") as log:
@@ -269,7 +270,9 @@ def _reap() -> None:
             return
 
 
-def serve(store: Store, idle: float) -> int:
+def serve(store: Store, idle: float, shared: bool = False) -> int:
+    """The agent's loop. ``shared``: serve requests from every user on the queue's socket
+    and never exit when idle (see :mod:`corral.queue.shared`)."""
     lock = None
     for _ in range(10):  # a prober may hold the lock for an instant
         lock = _try_lock(_lock_path(store, "queue-agent.lock"))
@@ -285,20 +288,22 @@ def serve(store: Store, idle: float) -> int:
         print(f"corral queue agent: cannot bind its wake-up socket ({exc}); polling",
               file=sys.stderr)
     os.set_inheritable(sock.fileno(), False)
+    listener = _listen(store) if shared else None
     _lock_path(store, "queue-agent.pid").write_text(
         json.dumps({"pid": os.getpid(), "started": time.time()}), encoding="utf-8")
     stopping: list[int] = []
     signal.signal(signal.SIGTERM, lambda signum, frame: stopping.append(signum))
-    scheduler = Scheduler(store, probe(), close_fds=(lock, sock.fileno()))
+    own_fds = (lock, sock.fileno(), *((listener.fileno(),) if listener else ()))
+    scheduler = Scheduler(store, probe(), close_fds=own_fds)
     print(f"corral queue agent {os.getpid()}: {json.dumps(scheduler.machine.to_json())}, "
           f"policy {scheduler.policy.name}", file=sys.stderr, flush=True)
     last_busy = time.monotonic()
     while not stopping:
         with pass_lock(store) as fd:
-            scheduler.close_fds = (lock, sock.fileno(), fd)
+            scheduler.close_fds = (*own_fds, fd)
             busy, _ = scheduler.run_pass()
         _reap()
-        if busy:
+        if busy or shared:
             last_busy = time.monotonic()
         elif time.monotonic() - last_busy > idle:
             os.close(lock)  # then look once more: a submitter may have just missed us
@@ -309,23 +314,55 @@ def serve(store: Store, idle: float) -> int:
                 break  # a new agent took over
             lock, last_busy = again, time.monotonic()
             continue
-        sock.settimeout(WAKE_SECONDS)
-        try:
-            sock.recv(16)
-            sock.setblocking(False)
-            while True:  # drain: one pass answers every nudge so far
-                sock.recv(16)
-        except OSError:
-            pass
+        _wait_for_news(sock, listener, store)
     sock.close()
+    if listener is not None:
+        listener.close()
     return 0
+
+
+def _wait_for_news(sock: socket.socket, listener: socket.socket | None, store: Store) -> None:
+    """Until a nudge, a request (answered here) or WAKE_SECONDS; then drain the nudges."""
+    import selectors
+
+    with selectors.DefaultSelector() as selector:
+        selector.register(sock, selectors.EVENT_READ)
+        if listener is not None:
+            selector.register(listener, selectors.EVENT_READ)
+        ready = selector.select(WAKE_SECONDS)
+    for key, _ in ready:
+        if key.fileobj is listener and listener is not None:
+            from corral.queue.serve import answer
+
+            answer(listener, store)
+    sock.setblocking(False)
+    try:
+        while True:  # drain: one pass answers every nudge so far
+            sock.recv(16)
+    except OSError:
+        pass
+
+
+def _listen(store: Store) -> socket.socket:
+    """The shared queue's request socket, open to every local user."""
+    from corral.queue.shared import SOCKET_NAME
+
+    path = store.path.parent / SOCKET_NAME
+    path.unlink(missing_ok=True)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    path.chmod(0o666)
+    listener.listen(64)
+    listener.setblocking(False)
+    os.set_inheritable(listener.fileno(), False)
+    return listener
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     store = open_store(Path(args[0]) if args else None)
     idle = _seconds("CORRAL_QUEUE_IDLE", DEFAULT_IDLE)
-    return serve(store, idle)
+    return serve(store, idle, shared=store.shared)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from corral.queue.ledger import DISPATCHED, Entry, Ledger
 from corral.queue.machine import Machine, probe, request_for
 from corral.queue.model import PendingJob, QueueState
 from corral.queue.policy import _Pass
+from corral.queue.shared import Peer, user_name
 from corral.queue.start import save_submission
 from corral.queue.submission import Submission
 from corral.rundir import RunDir
@@ -53,8 +54,12 @@ def _check_fits(spec: JobSpec, machine: Machine) -> None:
 
 
 def enqueue(backend: LocalBackend, spec: JobSpec, plan: LocalPlan,
-            submission: Submission | None = None, foreground: bool = False) -> list[str]:
-    """Record the job(s) as PENDING in the queue; their ids (one per array task)."""
+            submission: Submission | None = None, foreground: bool = False,
+            peer: Peer | None = None, environ: dict[str, str] | None = None) -> list[str]:
+    """Record the job(s) as PENDING in the queue; their ids (one per array task).
+
+    ``peer``: a shared queue's agent records the job for the user on the other end of its
+    socket, with that user's ``environ`` (see :mod:`corral.queue.shared`)."""
     submission = submission or Submission()
     store = backend.store
     ledger = Ledger(store)
@@ -69,7 +74,8 @@ def enqueue(backend: LocalBackend, spec: JobSpec, plan: LocalPlan,
     if foreground and submission.array is not None:
         raise SpecError([("array", submission.array, "arrays are for `corral submit`")])
     request = request_for(spec, machine)
-    entry = Entry(user=_user(), uid=os.getuid(), request=request, time_limit=spec.time_limit,
+    user, uid = (_user(), os.getuid()) if peer is None else (user_name(peer.uid), peer.uid)
+    entry = Entry(user=user, uid=uid, request=request, time_limit=spec.time_limit,
                   queue=spec.queue or "default", qos=qos_of(spec),
                   preemptible=submission.preemptible, after=submission.after,
                   retries_left=submission.retries, held=submission.hold,
@@ -78,20 +84,21 @@ def enqueue(backend: LocalBackend, spec: JobSpec, plan: LocalPlan,
     if submission.array is not None:
         tasks = [(f"{plan.job_id}_{i}", i) for i in submission.array.indices]
         entry = replace(entry, array_id=plan.job_id, array_limit=submission.array.limit)
-    environ = None if foreground else dict(os.environ)
+    if peer is None:
+        environ = None if foreground else dict(os.environ)
     ids = []
     for job_id, index in tasks:
         ids.append(_record(backend, store, ledger, spec, plan, job_id,
-                           replace(entry, array_index=index), environ, foreground))
-    if not foreground:
+                           replace(entry, array_index=index), environ, foreground, peer))
+    if not foreground and peer is None:
         ensure_agent(store)
-        wake(store)
+    wake(store)
     return ids
 
 
 def _record(backend: LocalBackend, store: Store, ledger: Ledger, spec: JobSpec,
             plan: LocalPlan, job_id: str, entry: Entry, environ: dict[str, str] | None,
-            foreground: bool) -> str:
+            foreground: bool, peer: Peer | None) -> str:
     from corral.backends.base import spec_summary
     from corral.rundir import new_job_id
 
@@ -105,14 +112,17 @@ def _record(backend: LocalBackend, store: Store, ledger: Ledger, spec: JobSpec,
             ledger.insert(db, job_id, entry, time.time())
 
         try:
-            save_submission(run, spec, environ)
+            save_submission(run, spec, environ, peer)
+            summary = spec_summary(spec)
+            if peer is not None:  # a shared store is read by every user: values stay private
+                summary["env"] = {key: "(hidden)" for key in summary.get("env", {})}
             store.create(
                 job_id, name=spec.name, backend=backend.name, poll_key=backend.poll_key,
                 nodes=spec.nodes, procs_per_node=spec.procs_per_node, launcher=spec.launcher,
-                spec=spec_summary(spec), options=backend.options_data(),
+                spec=summary, options=backend.options_data(),
                 run_dir=str(run.path), details=backend.record_details(spec, plan),
                 owner=Owner.me() if foreground else None, state=JobState.PENDING,
-                reason="queued", also=insert)
+                reason="queued", user=entry.user, also=insert)
             return job_id
         except DuplicateJob:
             job_id = new_job_id(spec.name)
@@ -150,3 +160,22 @@ def wait_for_turn(store: Store, job_id: str,
             shown = (row.job_state, row.reason)
             waiting(store.status(job_id))
         time.sleep(WAIT_STEP)
+
+
+def submit_shared(backend: LocalBackend, spec: JobSpec, plan: LocalPlan,
+                  submission: Submission | None) -> list[str]:
+    """Ask a shared queue's agent to queue the job for us (see corral.queue.shared)."""
+    from dataclasses import asdict
+
+    from corral.queue.shared import Request, request, submission_json
+    from corral.spec import Function
+
+    if isinstance(spec.entrypoint, Function):
+        raise SpecError([("entrypoint", spec.entrypoint.label, "a script, module or command: "
+                          "a shared queue does not unpickle a function as root")])
+    data = spec.replace(workdir=plan.workdir).model_dump(mode="json")
+    reply = request(backend.store.path.parent, Request(
+        "submit", spec=data, environ=dict(os.environ),
+        submission=submission_json(submission or Submission()),
+        options=asdict(backend.options)))
+    return list(reply.job_ids)

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from corral.errors import CorralError, JobNotFound
+from corral.errors import JobNotFound, PermissionDenied
 from corral.jobstate import JobState
 from corral.queue.fairshare import QUEUE_PREFIX, TOTAL_QUEUES, TOTAL_USERS, Weights
 from corral.queue.model import (
@@ -44,10 +44,6 @@ from corral.store import JobRecord, Observation, Owner, Store
 WAITING, DISPATCHED, RUNNING, DONE = "waiting", "dispatched", "running", "done"
 EPOCH_KEY = "*epoch"
 GPU_BILLING = 8.0  # one GPU-second is charged as this many CPU-seconds (Slurm's TRES billing)
-
-
-class PermissionDenied(CorralError):
-    """The job belongs to another user."""
 
 
 @dataclass(frozen=True)

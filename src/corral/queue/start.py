@@ -13,7 +13,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from corral.errors import SubmitError
 from corral.jobstate import JobState
@@ -25,15 +25,33 @@ from corral.store import Observation, Owner, Store, open_store
 if TYPE_CHECKING:
     from corral.backends.base import LineSink
     from corral.backends.local.supervisor import Supervisor
+    from corral.queue.shared import Peer
     from corral.spec import JobSpec
 
 SPEC_FILE = "spec.pkl"
+SPEC_JSON = "spec.json"  # a shared queue's job: plain data, validated again when read
 ENVIRON_FILE = "environ.json"
 
 
-def save_submission(run: RunDir, spec: JobSpec, environ: dict[str, str] | None) -> None:
+def save_submission(run: RunDir, spec: JobSpec, environ: dict[str, str] | None,
+                    peer: Peer | None = None) -> None:
     """What a queued job needs to start later: the spec (functions and all) and, for a
-    background job, the submitter's environment (readable by its owner only)."""
+    background job, the submitter's environment (readable by its owner only).
+
+    For another user (a shared queue's agent, as root): the spec as JSON (it is read back
+    as root: never a pickle), and a run directory that user may read but not change, with
+    a ``logs`` folder the same way (root writes in both) and ``results`` the user's own."""
+    if peer is not None:
+        _write_private(run.path / SPEC_JSON, json.dumps(spec.model_dump(mode="json")).encode())
+        for folder in (run.path, run.logs):
+            os.chown(folder, 0, peer.gid)
+            folder.chmod(0o750)
+        results = run.path / "results"
+        results.mkdir(mode=0o700, exist_ok=True)
+        os.chown(results, peer.uid, peer.gid)
+        if environ is not None:
+            _write_private(run.path / ENVIRON_FILE, json.dumps(environ).encode(), peer)
+        return
     import cloudpickle
 
     try:
@@ -48,20 +66,26 @@ def save_submission(run: RunDir, spec: JobSpec, environ: dict[str, str] | None) 
         _write_private(run.path / ENVIRON_FILE, json.dumps(environ).encode())
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+def _write_private(path: Path, data: bytes, peer: Peer | None = None) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "wb") as handle:
+        if peer is not None:
+            os.fchown(handle.fileno(), peer.uid, peer.gid)
         handle.write(data)
 
 
 def load_spec(run: RunDir) -> JobSpec:
+    if (run.path / SPEC_JSON).exists():
+        from corral.spec import JobSpec
+
+        return JobSpec(**json.loads((run.path / SPEC_JSON).read_text(encoding="utf-8")))
     import cloudpickle
 
     spec: JobSpec = cloudpickle.loads((run.path / SPEC_FILE).read_bytes())
     return spec
 
 
-def _fresh_attempt(run: RunDir, attempt: int) -> None:
+def _fresh_attempt(run: RunDir, attempt: int, run_as: dict[str, Any] | None) -> None:
     """A requeued job starts with empty logs; the last attempt's are kept beside them."""
     for marker in ("cancel", "preempt"):
         (run.path / marker).unlink(missing_ok=True)
@@ -70,6 +94,9 @@ def _fresh_attempt(run: RunDir, attempt: int) -> None:
         shutil.rmtree(kept, ignore_errors=True)
         run.logs.rename(kept)
     run.logs.mkdir(mode=0o700, exist_ok=True)
+    if run_as is not None:  # the user reads its logs; root writes them
+        os.chown(run.logs, 0, run_as["gid"])
+        run.logs.chmod(0o750)
 
 
 def task_environment(row: Row) -> dict[str, str]:
@@ -94,17 +121,33 @@ def prepare(store: Store, job_id: str, token: str, sink: LineSink | None = None,
         return None
     record = store.get(job_id)
     run = RunDir(Path(row.run_dir))
+    # A shared queue (root) runs another user's job: ranks drop to that user, and only
+    # they see the user's environment.
+    run_as = None
+    user_env: dict[str, str] | None = None
+    if os.geteuid() == 0 and row.uid != 0:
+        from corral.queue.shared import groups_of
+
+        gid = run.path.stat().st_gid
+        run_as = {"uid": row.uid, "gid": gid, "groups": groups_of(row.uid, gid)}
     try:
         spec = load_spec(run)
-        if environ and (run.path / ENVIRON_FILE).exists():
-            saved = json.loads((run.path / ENVIRON_FILE).read_text(encoding="utf-8"))
-            os.environ.clear()
-            os.environ.update(saved)
-        os.environ.update(task_environment(row))
-        _fresh_attempt(run, record.attempt)
+        saved = (json.loads((run.path / ENVIRON_FILE).read_text(encoding="utf-8"))
+                 if environ and (run.path / ENVIRON_FILE).exists() else None)
+        if run_as is not None:
+            user_env = {**(saved or {}), **task_environment(row)}
+        else:
+            if saved is not None:
+                os.environ.clear()
+                os.environ.update(saved)
+            os.environ.update(task_environment(row))
+        _fresh_attempt(run, record.attempt, run_as)
         options = LocalOptions(**{k: v for k, v in (record.options or {}).items()
                                   if k in LocalOptions.__dataclass_fields__})
-        backend = LocalBackend(options=options, store=store, root=run.path.parent)
+        if run_as is not None:  # nothing of the user's is imported as root to fork from
+            options = LocalOptions(fork=False, grace_seconds=options.grace_seconds)
+        backend = LocalBackend(options=options, store=store, root=run.path.parent,
+                               for_user=None if run_as is None else row.uid)
         gpus = tuple(str(g) for g in (row.placement or {}).get("gpus", []))
         plan = backend.render_placed(spec, job_id, gpus)
         if isinstance(spec.entrypoint, Function) and not run.function_payload.exists():
@@ -120,7 +163,8 @@ def prepare(store: Store, job_id: str, token: str, sink: LineSink | None = None,
         return None
     return Supervisor(run=run, store=store, job_id=job_id, plan=plan.to_json(),
                       launcher=spec.launcher, grace=options.grace_seconds, sink=sink,
-                      ending=lambda observed: ledger.ending(job_id, observed))
+                      ending=lambda observed: ledger.ending(job_id, observed),
+                      run_as=run_as, user_env=user_env)
 
 
 def start_job(store_path: Path, job_id: str, token: str) -> int:

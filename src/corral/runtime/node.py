@@ -94,6 +94,9 @@ class NodeAgent:
         self.children: dict[int, dict[str, Any]] = {}  # pid -> process entry
         self.grace = float(plan.get("grace", 1.0))
         self.base_env = dict(os.environ)  # what the ranks inherit, before our own changes
+        self.user: dict[str, Any] | None = plan.get("user")  # a shared queue: drop to it
+        if self.user is not None:
+            self.base_env = dict(plan.get("user_env") or {})
         self.function: Any = None  # a function job's (fn, args, kwargs), loaded before forking
         self.stopping = False  # set once a stop was asked for or the ranks have all ended
 
@@ -162,7 +165,13 @@ class NodeAgent:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
             signal.signal(sig, signal.SIG_DFL)
         log = os.path.join(self.plan["log_dir"], entry["log"])
-        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644)
+        if self.user is not None:  # from here on the rank is its user, never root again
+            user = self.user
+            os.fchown(fd, int(user["uid"]), int(user["gid"]))
+            os.setgroups([int(g) for g in user.get("groups", [])])
+            os.setgid(int(user["gid"]))
+            os.setuid(int(user["uid"]))
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
         os.dup2(fd, 1)

@@ -108,10 +108,13 @@ class LocalBackend(Backend):
     clears_owner_after_submit = False  # the supervisor owns the job while it runs
 
     def __init__(self, options: LocalOptions | None = None, root: Path | None = None,
-                 store: Store | None = None) -> None:
+                 store: Store | None = None, for_user: int | None = None) -> None:
         super().__init__(store)
         self.options = options or LocalOptions()
         self._root = root
+        # A shared queue's agent (root) rendering another user's job: nothing of the job
+        # is run or imported to check it (no mpi4py probe).
+        self.for_user = for_user
 
     @property
     def root(self) -> Path:
@@ -158,7 +161,8 @@ class LocalBackend(Backend):
                 raise SubmitError(
                     f"launcher: {tool!r} is not installed; install it (apt-get install {package})"
                 )
-            _check_mpi4py_matches(spec, workdir)
+            if self.for_user is None:
+                _check_mpi4py_matches(spec, workdir)
 
     def render(self, spec: JobSpec, job_id: str | None = None) -> LocalPlan:
         """The plan as it would start now, on the GPUs this process sees (``--dry-run``;
@@ -210,6 +214,10 @@ class LocalBackend(Backend):
     def submit_queued(self, spec: JobSpec, plan: Plan | None = None,
                       submission: Submission | None = None) -> list[str]:
         """Queue the job (each task of an array); the agent starts it when it fits."""
+        if self.store.shared:
+            from corral.queue.client import submit_shared
+
+            return submit_shared(self, spec, self._plan(spec, plan), submission)
         from corral.queue.client import enqueue
 
         return enqueue(self, spec, self._plan(spec, plan), submission)
@@ -230,6 +238,9 @@ class LocalBackend(Backend):
         from corral.queue.client import enqueue, wait_for_turn
         from corral.queue.start import prepare
 
+        if self.store.shared:  # root's agent starts it; this process follows it
+            job_id = self.submit(spec, plan, submission).job_id
+            return self.follow_run(job_id, sink, waiting)
         job_id = enqueue(self, spec, self._plan(spec, plan), submission, foreground=True)[0]
         while True:  # again after a retry or a preemption put it back in line
             try:
@@ -297,6 +308,11 @@ class LocalBackend(Backend):
         record = self.store.get(job_id)
         self.check_rank(record, rank)
         logs = Path(record.run_dir or self.root / job_id) / "logs"
+        if logs.parent.exists() and not os.access(logs.parent, os.R_OK | os.X_OK):
+            from corral.errors import PermissionDenied
+
+            raise PermissionDenied(f"the logs of job {job_id} are not readable for you: it "
+                                   f"belongs to user {record.user}")
         return self.follow(job_id, LogFollower(logs, rank), follow)
 
     def _stop(self, record: JobRecord) -> None:
@@ -311,6 +327,11 @@ class LocalBackend(Backend):
         from corral.queue.agent import wake
         from corral.queue.ledger import Ledger
 
+        if self.store.shared:
+            from corral.queue.shared import Request, request
+
+            request(self.store.path.parent, Request("cancel", job_ids=[job_id]))
+            return self.wait(job_id, timeout=self.cancel_grace if timeout is None else timeout)
         ledger = Ledger(self.store)
         if ledger.row(job_id) is not None:
             ledger.check_owner(job_id, os.getuid())

@@ -66,6 +66,9 @@ class Supervisor:
     interrupted: bool = False  # stopped by request_cancel (Ctrl-C, SIGTERM)
     # How the end is recorded: the observation to apply, and more rows to write with it.
     ending: Callable[[Observation], tuple[Observation, Any]] | None = None
+    # A shared queue's job: ranks run as this user (uid, gid, groups) with this environment.
+    run_as: dict[str, Any] | None = None
+    user_env: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
         self.cancel_event = threading.Event()
@@ -114,11 +117,16 @@ class Supervisor:
         for node in self.plan["nodes"]:
             node_rank = node["node_rank"]
             plan_file = agent_dir / f"node-{node_rank}.json"
-            plan_file.write_text(json.dumps({**node, "grace": self.grace}), encoding="utf-8")
+            data = {**node, "grace": self.grace}
+            python = [sys.executable, "-m"]
+            if self.run_as is not None:
+                data.update(user=self.run_as, user_env=self.user_env or {})
+                python = [sys.executable, "-I", "-m"]  # no user directory on sys.path
+            plan_file.write_text(json.dumps(data), encoding="utf-8")
             log = open(run.logs / f"node-{node_rank}.log", "ab")  # noqa: SIM115
             try:
                 process = subprocess.Popen(
-                    [sys.executable, "-m", "corral.runtime.node", str(plan_file)],
+                    [*python, "corral.runtime.node", str(plan_file)],
                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
                     cwd=self.plan["workdir"], start_new_session=True,
                 )
