@@ -23,7 +23,7 @@ from corral.queue.machine import Machine, probe, request_for
 from corral.queue.model import PendingJob, QueueState
 from corral.queue.policy import _Pass
 from corral.queue.shared import Peer, user_name
-from corral.queue.start import save_submission
+from corral.queue.start import save_function, save_submission
 from corral.queue.submission import Submission
 from corral.rundir import RunDir
 from corral.status import JobStatus
@@ -112,7 +112,10 @@ def _record(backend: LocalBackend, store: Store, ledger: Ledger, spec: JobSpec,
             ledger.insert(db, job_id, entry, time.time())
 
         try:
-            save_submission(run, spec, environ, peer)
+            if not foreground:  # a foreground run keeps its spec in memory
+                save_submission(run, spec, environ, peer)
+            else:
+                save_function(run, spec)
             summary = spec_summary(spec)
             if peer is not None:  # a shared store is read by every user: values stay private
                 summary["env"] = {key: "(hidden)" for key in summary.get("env", {})}

@@ -24,6 +24,7 @@ from corral.store import Observation, Owner, Store, open_store
 
 if TYPE_CHECKING:
     from corral.backends.base import LineSink
+    from corral.backends.local.render import LocalPlan
     from corral.backends.local.supervisor import Supervisor
     from corral.queue.shared import Peer
     from corral.spec import JobSpec
@@ -64,6 +65,26 @@ def save_submission(run: RunDir, spec: JobSpec, environ: dict[str, str] | None,
     _write_private(run.path / SPEC_FILE, data)
     if environ is not None:
         _write_private(run.path / ENVIRON_FILE, json.dumps(environ).encode())
+
+
+def save_function(run: RunDir, spec: JobSpec) -> None:
+    """A function job's payload (the function and its arguments), refused here if it
+    cannot be pickled: before the job is recorded, nothing starts."""
+    from corral.spec import Function
+
+    entry = spec.entrypoint
+    if not isinstance(entry, Function):
+        return
+    from corral.runtime.call import dump_payload
+
+    try:
+        data = dump_payload(entry.fn, entry.call_args, dict(entry.call_kwargs))
+    except Exception as exc:
+        raise SubmitError(
+            f"entrypoint: the function {entry.label} or its arguments cannot be pickled "
+            f"({exc}); move unpicklable objects (locks, open files, sockets) inside the "
+            "function") from exc
+    _write_private(run.function_payload, data)
 
 
 def _write_private(path: Path, data: bytes, peer: Peer | None = None) -> None:
@@ -107,14 +128,15 @@ def task_environment(row: Row) -> dict[str, str]:
 
 
 def prepare(store: Store, job_id: str, token: str, sink: LineSink | None = None,
-            environ: bool = True) -> Supervisor | None:
+            environ: bool = True, spec: JobSpec | None = None,
+            plan: LocalPlan | None = None) -> Supervisor | None:
     """Claim the dispatched job and get its supervisor ready; None if the dispatch was
-    taken back. ``environ``: run with the submitter's saved environment (background)."""
+    taken back. ``environ``: run with the submitter's saved environment (background).
+    A foreground run passes its spec, and its plan, used as it is when the placement
+    holds no GPU (nothing in it depends on the placement then)."""
     from corral.backends.local.client import LocalBackend
     from corral.backends.local.options import LocalOptions
     from corral.backends.local.supervisor import Supervisor
-    from corral.spec import Function
-
     ledger = Ledger(store)
     row = ledger.claim(job_id, token, Owner.me())
     if row is None or row.run_dir is None:
@@ -131,7 +153,7 @@ def prepare(store: Store, job_id: str, token: str, sink: LineSink | None = None,
         gid = run.path.stat().st_gid
         run_as = {"uid": row.uid, "gid": gid, "groups": groups_of(row.uid, gid)}
     try:
-        spec = load_spec(run)
+        spec = spec or load_spec(run)
         saved = (json.loads((run.path / ENVIRON_FILE).read_text(encoding="utf-8"))
                  if environ and (run.path / ENVIRON_FILE).exists() else None)
         if run_as is not None:
@@ -149,13 +171,10 @@ def prepare(store: Store, job_id: str, token: str, sink: LineSink | None = None,
         backend = LocalBackend(options=options, store=store, root=run.path.parent,
                                for_user=None if run_as is None else row.uid)
         gpus = tuple(str(g) for g in (row.placement or {}).get("gpus", []))
-        plan = backend.render_placed(spec, job_id, gpus)
-        if isinstance(spec.entrypoint, Function) and not run.function_payload.exists():
-            from corral.runtime.call import dump_payload
-
-            entry = spec.entrypoint
-            run.function_payload.write_bytes(
-                dump_payload(entry.fn, entry.call_args, dict(entry.call_kwargs)))
+        if plan is None or gpus or plan.job_id != job_id or record.attempt > 1:
+            plan = backend.render_placed(spec, job_id, gpus)
+        if not run.function_payload.exists():
+            save_function(run, spec)
         run.write_json("plan.json", plan.to_json())
     except Exception as exc:  # nothing started: say why on the job
         reason = f"could not start: {exc}"

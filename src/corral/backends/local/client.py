@@ -241,15 +241,17 @@ class LocalBackend(Backend):
         if self.store.shared:  # root's agent starts it; this process follows it
             job_id = self.submit(spec, plan, submission).job_id
             return self.follow_run(job_id, sink, waiting)
-        job_id = enqueue(self, spec, self._plan(spec, plan), submission, foreground=True)[0]
+        local_plan = self._plan(spec, plan)
+        job_id = enqueue(self, spec, local_plan, submission, foreground=True)[0]
+        spec = spec.replace(workdir=local_plan.workdir)
         while True:  # again after a retry or a preemption put it back in line
             try:
                 token = wait_for_turn(self.store, job_id, waiting)
             except KeyboardInterrupt:
                 self.cancel(job_id)
                 raise
-            supervisor = prepare(self.store, job_id, token, sink, environ=False) if (
-                token) else None
+            supervisor = prepare(self.store, job_id, token, sink, environ=False, spec=spec,
+                                 plan=local_plan) if token else None
             if supervisor is None:
                 return self.store.status(job_id)
             previous: Any = None
