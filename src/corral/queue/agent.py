@@ -293,6 +293,7 @@ def serve(store: Store, idle: float, shared: bool = False) -> int:
         json.dumps({"pid": os.getpid(), "started": time.time()}), encoding="utf-8")
     stopping: list[int] = []
     signal.signal(signal.SIGTERM, lambda signum, frame: stopping.append(signum))
+    _warm_up()
     own_fds = (lock, sock.fileno(), *((listener.fileno(),) if listener else ()))
     scheduler = Scheduler(store, probe(), close_fds=own_fds)
     print(f"corral queue agent {os.getpid()}: {json.dumps(scheduler.machine.to_json())}, "
@@ -319,6 +320,25 @@ def serve(store: Store, idle: float, shared: bool = False) -> int:
     if listener is not None:
         listener.close()
     return 0
+
+
+def _warm_up() -> None:
+    """Import and build once, here, what every job's start needs (the spec's validators,
+    the local backend's render and supervisor, cloudpickle): each forked start inherits
+    them instead of paying for them again."""
+    try:
+        import cloudpickle  # noqa: F401
+
+        from corral.backends.local.client import LocalBackend
+        from corral.backends.local.supervisor import Supervisor  # noqa: F401
+        from corral.spec import JobSpec
+
+        spec = JobSpec(name="warm-up", entrypoint={"kind": "command", "argv": ["true"]},
+                       workdir="/")
+        LocalBackend().render(spec)
+        JobSpec(**spec.model_dump(mode="json"))
+    except Exception as exc:  # only slower starts follow
+        print(f"corral queue agent: warm-up failed ({exc})", file=sys.stderr)
 
 
 def _wait_for_news(sock: socket.socket, listener: socket.socket | None, store: Store) -> None:
