@@ -28,16 +28,36 @@ def corral_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pat
 
 
 def stop_queue_agent(home: Path) -> None:
-    """Stop the queue agent a test's submissions started (by its PID and start time)."""
-    try:
-        data = json.loads((home / "queue-agent.pid").read_text(encoding="utf-8"))
-        agent = psutil.Process(int(data["pid"]))
-        if abs(agent.create_time() - float(data["started"])) > 5:
-            return  # that PID is another process now
-        agent.terminate()
-        agent.wait(10)
-    except (OSError, ValueError, KeyError, psutil.Error):
-        pass
+    """Stop the queue agent a test's submissions started (by its PID and start time),
+    waiting a moment for one that was still starting to say who it is."""
+    import fcntl
+
+    for child in psutil.Process().children():  # one this process started, maybe not up yet
+        try:
+            if "corral.queue.agent" in child.cmdline() and str(home) in " ".join(
+                    child.cmdline()):
+                child.terminate()
+                child.wait(10)
+        except psutil.Error:
+            pass
+    lock_path = home / "queue-agent.lock"
+    deadline = time.monotonic() + 5
+    while lock_path.exists() and time.monotonic() < deadline:
+        with open(lock_path, "a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return  # no agent holds it
+            except OSError:
+                pass
+        try:
+            data = json.loads((home / "queue-agent.pid").read_text(encoding="utf-8"))
+            agent = psutil.Process(int(data["pid"]))
+            if abs(agent.create_time() - float(data["started"])) < 5:
+                agent.terminate()
+                agent.wait(10)
+        except (OSError, ValueError, KeyError, psutil.Error):
+            pass
+        time.sleep(0.05)
 
 
 @pytest.fixture

@@ -174,6 +174,9 @@ def _set_held(job_ids: tuple[str, ...], held: bool) -> int:
         click.echo(f"{job_id}: {word}" if changed else f"{job_id}: not waiting, unchanged")
 
     _, code = for_each_job(job_ids, act)
+    from corral.queue.agent import ensure_agent
+
+    ensure_agent(open_store())  # held jobs alone let the agent go idle
     _wake()
     return code
 

@@ -141,7 +141,9 @@ class Scheduler:
 
     def run_pass(self, only: str | None = None, fork: bool = True) -> tuple[bool, set[str]]:
         """Reconcile, then schedule. With ``only``, dispatch that job alone (a foreground
-        run's own pass; the agent starts the rest). Returns (anything live, dispatched)."""
+        run's own pass; the agent starts the rest). Returns whether anything is live that
+        is not held (held jobs alone let an agent go idle; `release` starts one), and
+        the jobs dispatched."""
         now = time.time()
         rows = self.ledger.rows()
         if self._reconcile(rows, now):
@@ -167,7 +169,7 @@ class Scheduler:
             for job_id in dispatched:
                 if not by_id[job_id].foreground:
                     self._start(job_id, starts[job_id][0])
-        return bool(rows), dispatched
+        return any(not row.held for row in rows), dispatched
 
     # -- reconciling -------------------------------------------------------------------------
 
@@ -308,7 +310,7 @@ def serve(store: Store, idle: float, shared: bool = False) -> int:
             last_busy = time.monotonic()
         elif time.monotonic() - last_busy > idle:
             os.close(lock)  # then look once more: a submitter may have just missed us
-            if not scheduler.ledger.rows():
+            if all(row.held for row in scheduler.ledger.rows()):
                 break
             again = _try_lock(_lock_path(store, "queue-agent.lock"))
             if again is None:
