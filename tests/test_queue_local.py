@@ -272,3 +272,20 @@ def test_python_api_submit_with_queue_options_and_arrays(tmp_path: Path) -> None
         "api_task-0.1.json", "api_task-1.1.json", "api_task-2.1.json"]
     with pytest.raises(corral.SpecError, match="array"):
         corral.submit_array(job(tmp_path, "bad", 0.1), "x-y")
+
+
+def test_a_running_job_is_charged_to_its_users_fair_share_while_it_runs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CORRAL_QUEUE_CHARGE_SECONDS", "0.5")
+    job_id = submit(job(tmp_path, "long", 4, resources={"cpus": 2}))
+    store = open_store()
+    until(lambda: store.get(job_id).state is JobState.RUNNING, what="job running")
+    time.sleep(2.0)
+    during = json.loads(corral("queue", "--json").stdout)
+    assert store.get(job_id).state is JobState.RUNNING
+    used = {u["user"]: u["usage_cpu_s"] for u in during["users"]}
+    assert 1.0 <= sum(used.values()) <= 2 * 4.0, used  # ~2 CPUs x 1-2 s so far
+    assert wait_all([job_id])[job_id] is JobState.SUCCEEDED
+    after = json.loads(corral("queue", "--json").stdout)
+    total = sum(u["usage_cpu_s"] for u in after["users"])
+    assert 7.0 <= total <= 2 * 4.0 + 2.0, after  # the whole run, charged once

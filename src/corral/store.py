@@ -142,7 +142,8 @@ MIGRATIONS: tuple[str, ...] = (
         placement TEXT,
         preempt_at REAL,
         preempt_for TEXT,
-        outcome TEXT
+        outcome TEXT,
+        charged_until REAL
     );
     CREATE INDEX queue_phase ON queue (phase, seq);
     CREATE TABLE queue_usage (

@@ -35,6 +35,7 @@ from corral.states import Source
 from corral.store import Store, open_store
 
 CLAIM_SECONDS = 30.0  # a dispatch nobody claimed by then is taken back
+CHARGE_SECONDS = 30.0  # how often running jobs are charged to their users' fair share
 WAKE_SECONDS = 1.0  # the longest an agent sleeps between passes
 DEFAULT_IDLE = 60.0
 DEFAULT_PREEMPT_GRACE = 30.0
@@ -135,9 +136,12 @@ class Scheduler:
     preempt_grace: float = field(default_factory=lambda: _seconds(
         "CORRAL_QUEUE_PREEMPT_GRACE", DEFAULT_PREEMPT_GRACE))
     close_fds: tuple[int, ...] = ()
+    charge_every: float = field(default_factory=lambda: _seconds(
+        "CORRAL_QUEUE_CHARGE_SECONDS", CHARGE_SECONDS))
 
     def __post_init__(self) -> None:
         self.ledger = Ledger(self.store, self.policy.weights)
+        self.charged = 0.0
 
     def run_pass(self, only: str | None = None, fork: bool = True) -> tuple[bool, set[str]]:
         """Reconcile, then schedule. With ``only``, dispatch that job alone (a foreground
@@ -147,6 +151,10 @@ class Scheduler:
         now = time.time()
         rows = self.ledger.rows()
         if self._reconcile(rows, now):
+            rows = self.ledger.rows()
+        if only is None and now - self.charged >= self.charge_every:
+            self.ledger.charge_running(rows, now)
+            self.charged = now
             rows = self.ledger.rows()
         state = self.ledger.state(rows, self.machine.node, now, NO_LIMIT)
         decisions = schedule(state, now, self.policy)

@@ -95,6 +95,7 @@ class Row:
     preempt_for: str | None
     job_state: JobState
     reason: str
+    charged_until: float | None
     owner: Owner | None
     started: float | None
     attempt: int
@@ -154,7 +155,8 @@ def _row(row: sqlite3.Row) -> Row:
         dispatched=row["dispatched"],
         placement=json.loads(row["placement"]) if row["placement"] else None,
         preempt_at=row["preempt_at"], preempt_for=row["preempt_for"], job_state=state,
-        reason=row["reason"] or "", owner=owner, started=row["started"],
+        reason=row["reason"] or "", charged_until=row["charged_until"], owner=owner,
+        started=row["started"],
         attempt=int(row["attempt"] or 1), run_dir=row["run_dir"])
 
 
@@ -347,7 +349,8 @@ class Ledger:
         self._charge(db, row, amount, now)
         db.execute("UPDATE queue SET phase = ?, token = NULL, dispatched = NULL, "
                    "placement = NULL, preempt_at = NULL, preempt_for = NULL, "
-                   "retries_left = ? WHERE job_id = ?", (WAITING, retries, row.job_id))
+                   "charged_until = NULL, retries_left = ? WHERE job_id = ?",
+                   (WAITING, retries, row.job_id))
         db.execute("UPDATE jobs SET owner_pid = NULL, owner_start = NULL, started = NULL, "
                    "engine_id = NULL WHERE id = ?", (row.job_id,))
 
@@ -373,8 +376,23 @@ class Ledger:
 
     @staticmethod
     def _amount(row: Row, started: float | None, finished: float) -> float:
-        ran = max(0.0, finished - started) if started else 0.0
+        """What is left to charge: from the start (or the last charge) to ``finished``."""
+        since = max(started or 0.0, row.charged_until or 0.0)
+        ran = max(0.0, finished - since) if started else 0.0
         return ran * (row.request.cpus + GPU_BILLING * row.request.gpus) * row.request.nodes
+
+    def charge_running(self, rows: Sequence[Row], now: float) -> None:
+        """Charge running jobs for the time since their last charge, so that a long job
+        weighs on its user's fair share while it runs, not only once it ends."""
+        running = [r for r in rows if r.phase == RUNNING and r.started
+                   and not r.job_state.is_terminal()]
+        if not running:
+            return
+        with self.store.transaction() as db:
+            for row in running:
+                self._charge(db, row, self._amount(row, row.started, now), now)
+                db.execute("UPDATE queue SET charged_until = ? WHERE job_id = ?",
+                           (now, row.job_id))
 
     def ending(self, job_id: str, observed: Observation
                ) -> tuple[Observation, Callable[[sqlite3.Connection, bool], None] | None]:
