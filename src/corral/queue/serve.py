@@ -15,12 +15,12 @@ from pathlib import Path
 
 from corral.errors import CorralError
 from corral.queue.shared import (
-    MAX_REQUEST,
     Peer,
     Reply,
     Request,
     marker,
     peer_of,
+    read_line,
     submission_from_json,
 )
 from corral.states import Source
@@ -55,15 +55,7 @@ def answer(listener: socket.socket, store: Store) -> None:
         conn.settimeout(READ_SECONDS)
         try:
             peer = peer_of(conn)
-            data = b""
-            while not data.endswith(b"\n"):
-                chunk = conn.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-                if len(data) > MAX_REQUEST:
-                    raise CorralError(f"a request is limited to {MAX_REQUEST} bytes")
-            reply = handle(Request.from_json(data), peer, store)
+            reply = handle(Request.from_json(read_line(conn)), peer, store)
         except CorralError as exc:
             reply = Reply(ok=False, error=str(exc))
         except OSError as exc:

@@ -97,6 +97,19 @@ def is_shared(home: Path) -> bool:
     return marker(home).exists()
 
 
+def read_line(sock: socket.socket, limit: int = MAX_REQUEST) -> bytes:
+    """One message: bytes up to and with a newline (or what came before the peer closed)."""
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+        if len(data) > limit:
+            raise SharedQueueError(f"a message is limited to {limit} bytes")
+    return data
+
+
 def request(home: Path, req: Request, timeout: float = 60.0) -> Reply:
     """Send one request to the shared queue's agent and return its reply (raises the
     agent's refusal as SharedQueueError)."""
@@ -106,12 +119,7 @@ def request(home: Path, req: Request, timeout: float = 60.0) -> Reply:
             sock.settimeout(timeout)
             sock.connect(path)
             sock.sendall(json.dumps(asdict(req)).encode() + b"\n")
-            data = b""
-            while not data.endswith(b"\n"):
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
+            data = read_line(sock)
     except OSError as exc:
         raise SharedQueueError(
             f"cannot reach the shared queue's agent at {path} ({exc.strerror or exc}); it is "
