@@ -289,3 +289,22 @@ def test_a_running_job_is_charged_to_its_users_fair_share_while_it_runs(
     after = json.loads(corral("queue", "--json").stdout)
     total = sum(u["usage_cpu_s"] for u in after["users"])
     assert 7.0 <= total <= 2 * 4.0 + 2.0, after  # the whole run, charged once
+
+
+def test_a_waiting_foreground_run_killed_leaves_no_job_behind(tmp_path: Path) -> None:
+    blocker = submit(job(tmp_path, "blocker", 30, resources={"cpus": 2}))
+    store = open_store()
+    until(lambda: store.get(blocker).state is JobState.RUNNING, what="blocker running")
+    run = subprocess.Popen([sys.executable, "-m", "corral.cli", "run", "--cpus", "2",
+                            "--name", "fg", JOB, "--", str(tmp_path), "fg", "0.1"],
+                           stderr=subprocess.PIPE, text=True)
+    until(lambda: any(r.name == "fg" for r in store.jobs()), what="the run's job queued")
+    fg = next(r.id for r in store.jobs() if r.name == "fg")
+    until(lambda: store.get(fg).reason == "Resources", what="reason Resources")
+    run.kill()
+    run.communicate()
+    until(lambda: store.get(fg).state is JobState.CANCELLED, what="the orphan cancelled")
+    assert "ended before the job started" in store.get(fg).reason
+    LocalBackend().cancel(blocker)
+    time.sleep(1.0)
+    assert not (tmp_path / "fg.1.json").exists()  # it never ran

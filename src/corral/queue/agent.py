@@ -126,8 +126,10 @@ def _seconds(name: str, default: float) -> float:
 
 @dataclass
 class Scheduler:
-    """One store's scheduling passes. ``start`` starts a dispatched background job (the
-    agent forks; None: leave it for the agent)."""
+    """One store's scheduling passes: reconcile what changed, schedule, dispatch, and
+    start each dispatched background job in a forked child (a foreground job is started
+    by its own `corral run`). ``close_fds``: the agent's own locks and sockets, which a
+    forked job must not keep open."""
 
     store: Store
     machine: Machine

@@ -426,7 +426,8 @@ class Ledger:
         (it died, or the job was cancelled before it started): close the entry, or queue
         the job again. Returns True if it was queued again."""
         amount = self._amount(row, record.started, record.finished or now)
-        again = self._again(row, record.state, record.reason)
+        # A foreground job whose `corral run` is gone has nobody left to run it again.
+        again = None if row.foreground else self._again(row, record.state, record.reason)
         if again is not None:
             why, retries = again
 

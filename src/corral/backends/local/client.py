@@ -278,9 +278,9 @@ class LocalBackend(Backend):
         found: dict[str, Observation] = {}
         queued = False
         for record in records:
-            if record.owner is None and record.state is JobState.PENDING:
-                queued = True  # waiting in the queue: the agent's to start
-                continue
+            if record.state is JobState.PENDING:
+                queued = True  # in the queue: its agent starts it, or ends it if its
+                continue  # foreground `corral run` is gone
             if record.owner is not None and record.owner.alive():
                 continue
             fresh = self.store.get(record.id)  # it may have finished just now
