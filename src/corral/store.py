@@ -10,6 +10,7 @@ state of every job, its ranks and the log of its state changes live here::
     queue   one row per job of the embedded queue: its request, place in line, phase,
             placement and dispatch token (:mod:`corral.queue.ledger`)
     queue_usage, queues   decayed fair-share usage; the queues' weights and limits
+    flow_runs, flow_tasks   runs of flows and their tasks (:mod:`corral.flow.records`)
     events  every state change: time, from, to, attempt, reason, source
     polls   when each engine was last asked (the watcher's shared minimum interval)
 
@@ -40,7 +41,7 @@ from corral.jobstate import JobState
 from corral.states import IllegalTransition, Source, transition
 from corral.status import Failure, JobStatus, RankStatus, TaskStatus
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 SHARED_MARKER = "queue-shared.json"  # in a corral home served by a shared queue agent
 LOCK_WAIT_SECONDS = 120.0
 
@@ -154,6 +155,36 @@ MIGRATIONS: tuple[str, ...] = (
         name TEXT PRIMARY KEY,
         weight REAL NOT NULL DEFAULT 1,
         max_running INTEGER
+    );
+    """,
+    # 4: flows (corral.flow.records)
+    """
+    CREATE TABLE flow_runs (
+        id TEXT PRIMARY KEY,
+        flow TEXT NOT NULL,
+        file TEXT NOT NULL,
+        user TEXT NOT NULL,
+        params TEXT,
+        state TEXT NOT NULL,
+        reason TEXT NOT NULL DEFAULT '',
+        datastore TEXT NOT NULL,
+        origin TEXT,
+        created REAL NOT NULL,
+        finished REAL
+    );
+    CREATE INDEX flow_runs_flow ON flow_runs (flow, created);
+    CREATE TABLE flow_tasks (
+        run_id TEXT NOT NULL,
+        step TEXT NOT NULL,
+        task_id TEXT NOT NULL,
+        state TEXT NOT NULL,
+        job_id TEXT,
+        attempt INTEGER NOT NULL DEFAULT 1,
+        cloned_from TEXT,
+        reason TEXT NOT NULL DEFAULT '',
+        started REAL,
+        finished REAL,
+        PRIMARY KEY (run_id, step, task_id)
     );
     """,
 )

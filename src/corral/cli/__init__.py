@@ -40,6 +40,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "hold": ("corral.cli.queue", "hold_command",
              "Keep waiting jobs from starting (reason Held) until `corral release`."),
     "release": ("corral.cli.queue", "release_command", "Let held jobs start again."),
+    "flow": ("corral.cli.flow", "flow_group",
+             "Flows: steps, fan-out, gang steps, artifacts and resume."),
     "k8s": ("corral.cli.k8s", "k8s_group", "Kubernetes helpers: queues."),
     "simulate": ("corral.cli.simulate", "simulate_command",
                  "Replay a workload trace (SWF) through a queue policy."),

@@ -1,0 +1,48 @@
+"""Gang steps: a fixed number of nodes, and a number given by an expression."""
+
+try:
+    from corral.flow import FlowSpec, step
+except ImportError:  # the runtime is written in parallel; the graph needs only this
+    class FlowSpec:  # type: ignore[no-redef]
+        pass
+
+    def step(fn):  # type: ignore[no-redef]
+        fn.__corral_step__ = True
+        return fn
+
+
+class GangFlow(FlowSpec):
+    @step
+    def start(self):
+        self.next(self.train, num_parallel=2)
+
+    @step
+    def train(self):
+        self.next(self.train_join)
+
+    @step
+    def train_join(self, inputs):
+        self.next(self.end)
+
+    @step
+    def end(self):
+        pass
+
+
+class GangExprFlow(FlowSpec):
+    @step
+    def start(self):
+        self.nodes = 4
+        self.next(self.train, num_parallel=self.nodes)
+
+    @step
+    def train(self):
+        self.next(self.train_join)
+
+    @step
+    def train_join(self, inputs):
+        self.next(self.end)
+
+    @step
+    def end(self):
+        pass
