@@ -44,6 +44,8 @@ class Current:
         self.retry_count = 0
         self.parallel: Parallel | None = None
         self.parameters: dict[str, Any] = {}
+        self.procs_per_node: int | None = None  # the step's @corral(...) defaults
+        self.launcher: str | None = None
 
     def _set(self, **values: Any) -> None:
         for key, value in values.items():
@@ -53,12 +55,15 @@ class Current:
     def is_parallel(self) -> bool:
         return self.parallel is not None and self.parallel.num_nodes > 1
 
-    def launch(self, program: str | Sequence[str], procs_per_node: int = 1,
-               args: Sequence[str] = (), launcher: str = "torchrun",
+    def launch(self, program: str | Sequence[str], procs_per_node: int | None = None,
+               args: Sequence[str] = (), launcher: str | None = None,
                env: dict[str, str] | None = None) -> list[str]:
         """Run ``program`` (a .py file, ``-m module``, or an argv) with ``procs_per_node``
-        ranks on each node of this gang, through corral's ``launcher``; the lines this
-        node's ranks printed (they also go to the step's log)."""
+        ranks on each node of this gang, through corral's ``launcher`` (defaults: the
+        step's ``@corral(procs_per_node=, launcher=)``, else 1 and torchrun); the lines
+        this node's ranks printed (they also go to the step's log)."""
+        procs_per_node = procs_per_node or self.procs_per_node or 1
+        launcher = launcher or self.launcher or "torchrun"
         from corral.environment import env as job_env
         from corral.launchers import NodeContext, get_launcher
         from corral.launchers.failures import first_failure

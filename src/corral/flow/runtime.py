@@ -114,7 +114,18 @@ class FlowRun:
 
     # -- the loop --------------------------------------------------------------------------
 
+    def check_placements(self) -> None:
+        """``@corral(nodes=N)`` sizes nothing by itself: a gang's nodes come from
+        ``num_parallel``; on a gang step it must agree, elsewhere it must be 1."""
+        for name in self.graph.nodes:
+            nodes = placement_of(getattr(self.cls, name)).nodes
+            if nodes not in (None, 1) and not self.graph.is_gang(name):
+                raise SpecError([(f"{name}: @corral(nodes=...)", nodes,
+                                  "1 here; a multi-node step is a gang: reach it with "
+                                  "self.next(self.<step>, num_parallel=N)")])
+
     def run(self) -> RunRecord:
+        self.check_placements()
         flow = self.cls.__name__
         self.records.create_run(self.run_id, flow, self.file, self.params, self.datastore,
                                 origin=self.origin.id if self.origin else None)
@@ -272,6 +283,11 @@ class FlowRun:
             return
         if meta.get("num_parallel") is not None:
             nodes = int(meta["num_parallel"])
+            wanted = placement_of(getattr(self.cls, targets[0])).nodes
+            if wanted is not None and wanted != nodes:
+                self._failed(task, f"step {targets[0]}: @corral(nodes={wanted}) but "
+                                   f"num_parallel={nodes} in step {task.step}")
+                return
             frame = Frame(task.step, task_id, nodes)
             self.queue.append(Task(targets[0], task_id, (here,), gang=nodes,
                                    stack=(*task.stack, frame)))

@@ -20,7 +20,7 @@ from typing import Any
 from corral.errors import CorralError
 from corral.flow.current import Parallel, current
 from corral.flow.datastore import ArtifactStore, TaskArtifacts, TaskKey
-from corral.flow.spec import FlowSpec, parameters_of
+from corral.flow.spec import FlowSpec, parameters_of, placement_of
 
 MODULE_NAME = "__corral_flow__"  # the user's flow file, imported under one name everywhere
 
@@ -124,8 +124,10 @@ def run_task(args: argparse.Namespace) -> int:
                                        here.master_port, here.hosts or (here.master_addr,)))
     key = TaskKey(cls.__name__, args.run, args.step, task_id)
     params = json.loads(args.params or "{}")
+    placement = placement_of(getattr(cls, args.step))
     current._set(flow_name=cls.__name__, run_id=args.run, step_name=args.step,
-                 task_id=task_id, retry_count=args.retry, parameters=params)
+                 task_id=task_id, retry_count=args.retry, parameters=params,
+                 procs_per_node=placement.procs_per_node, launcher=placement.launcher)
     flow = cls()
     for name, parameter in parameters_of(cls).items():
         setattr(flow, name, params.get(parameter.name, parameter.default))
