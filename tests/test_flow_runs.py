@@ -102,3 +102,31 @@ def test_mingpt_flow_on_two_emulated_nodes() -> None:
     assert [s for s, _, _ in losses] == [0, 50, 60]
     assert losses[-1][1] < losses[0][1]  # it learned
     assert run["join"].task.data.nodes_done == [0, 1]
+
+
+def test_a_killed_runner_leaves_a_lost_run_that_resume_finishes(tmp_path: Path) -> None:
+    marker = tmp_path / "wait"
+    marker.write_text("")
+    runner = subprocess.Popen([sys.executable, "-m", "corral.cli", "flow", "run",
+                               str(FLOWS / "run_slow.py"), "--marker", str(marker)],
+                              stderr=subprocess.PIPE, text=True)
+    assert runner.stderr is not None
+    for line in runner.stderr:
+        if line.startswith("corral: slow/0 -> job"):
+            break
+    runner.kill()
+    runner.communicate()
+    lost = Flow("SlowFlow").latest_run
+    assert lost.record.lost and lost.record.shown_state == "LOST"
+    assert "LOST" in corral("flow", "ls").stdout
+    from corral.backends.local import LocalBackend
+
+    for task in lost["slow"].tasks:  # its job still runs: stop it, as a user would
+        LocalBackend().cancel(task.record.job_id or "")
+    marker.unlink()
+    resumed = corral("flow", "resume", lost.id)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "start/0 reused from run" in resumed.stderr
+    again = Flow("SlowFlow").latest_run
+    assert again.successful and again["slow"].task.data.waited
+    assert again["start"].task.data.start_pid == lost["start"].task.data.start_pid

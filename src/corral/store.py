@@ -170,7 +170,9 @@ MIGRATIONS: tuple[str, ...] = (
         datastore TEXT NOT NULL,
         origin TEXT,
         created REAL NOT NULL,
-        finished REAL
+        finished REAL,
+        owner_pid INTEGER,
+        owner_start REAL
     );
     CREATE INDEX flow_runs_flow ON flow_runs (flow, created);
     CREATE TABLE flow_tasks (

@@ -117,7 +117,7 @@ def flow_resume_command(run_id: str, from_step: str | None, backend: str,
     origin = records.run(run_id)
     cls = load_flow_class(origin.file, origin.flow)
     graph = FlowGraph.from_class(cls)
-    step = from_step or first_failed_step(records, origin)
+    step = from_step or first_failed_step(records, origin, graph)
     run = FlowRun(origin.file, cls, graph, origin.params, open_store(), backend,
                   _run_options(option_pairs, backend), max_workers, origin.datastore,
                   origin=origin, rerun=rerun_from(graph, step))
@@ -154,7 +154,7 @@ def flow_show_command(run_or_file: str, as_json: bool) -> int:
         click.echo(json.dumps({"run": run.__dict__, "tasks": [t.__dict__ for t in tasks]},
                               indent=1, default=str))
         return 0
-    click.echo(f"{run.flow} run {run.id}: {run.state}"
+    click.echo(f"{run.flow} run {run.id}: {run.shown_state}"
                + (f" (resumed from {run.origin})" if run.origin else "")
                + (f"\n  {printable(run.reason, 2000)}" if run.reason else ""))
     click.echo(columns(("STEP", "TASK", "STATE", "JOB", "ATTEMPT"), [
@@ -201,7 +201,7 @@ def flow_ls_command(flow: str | None) -> int:
 
     runs = FlowRecords(open_store()).runs(flow)
     click.echo(columns(("RUN", "FLOW", "STATE", "STARTED", "REASON"), [
-        [r.id, printable(r.flow, 60), r.state, time.strftime("%m-%d %H:%M:%S",
+        [r.id, printable(r.flow, 60), r.shown_state, time.strftime("%m-%d %H:%M:%S",
                                                               time.localtime(r.created)),
          printable(r.reason.splitlines()[0] if r.reason else "", 100)] for r in runs]),
         nl=False)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from corral.errors import CorralError
-from corral.store import Store, _user
+from corral.store import Owner, Store, _user
 
 RUNNING, SUCCEEDED, FAILED = "RUNNING", "SUCCEEDED", "FAILED"
 PENDING, CLONED = "PENDING", "CLONED"
@@ -37,6 +37,17 @@ class RunRecord:
     origin: str | None
     created: float
     finished: float | None
+    owner: Owner | None = None
+
+    @property
+    def lost(self) -> bool:
+        """Recorded RUNNING, but the process that ran it is gone (killed, or its machine
+        restarted): nothing will finish it; ``corral flow resume`` picks it up."""
+        return self.state == RUNNING and self.owner is not None and not self.owner.alive()
+
+    @property
+    def shown_state(self) -> str:
+        return "LOST" if self.lost else self.state
 
 
 @dataclass(frozen=True)
@@ -54,9 +65,12 @@ class TaskRecord:
 
 
 def _run(row: sqlite3.Row) -> RunRecord:
+    owner = (Owner(int(row["owner_pid"]), float(row["owner_start"] or 0))
+             if row["owner_pid"] is not None else None)
     return RunRecord(row["id"], row["flow"], row["file"], row["user"],
                      json.loads(row["params"] or "{}"), row["state"], row["reason"] or "",
-                     row["datastore"], row["origin"], float(row["created"]), row["finished"])
+                     row["datastore"], row["origin"], float(row["created"]), row["finished"],
+                     owner)
 
 
 def _task(row: sqlite3.Row) -> TaskRecord:
@@ -73,11 +87,12 @@ class FlowRecords:
 
     def create_run(self, run_id: str, flow: str, file: str, params: Mapping[str, Any],
                    datastore: str, origin: str | None = None) -> RunRecord:
+        owner = Owner.me()
         with self.store.transaction() as db:
             db.execute("INSERT INTO flow_runs (id, flow, file, user, params, state, datastore, "
-                       "origin, created) VALUES (?,?,?,?,?,?,?,?,?)",
+                       "origin, created, owner_pid, owner_start) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                        (run_id, flow, file, _user(), json.dumps(dict(params), default=str),
-                        RUNNING, datastore, origin, time.time()))
+                        RUNNING, datastore, origin, time.time(), owner.pid, owner.start))
         return self.run(run_id)
 
     def finish_run(self, run_id: str, state: str, reason: str = "") -> None:

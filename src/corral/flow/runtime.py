@@ -335,9 +335,12 @@ def rerun_from(graph: FlowGraph, step: str) -> frozenset[str]:
     return frozenset(seen)
 
 
-def first_failed_step(records: FlowRecords, run: RunRecord) -> str:
-    failed = [t for t in records.tasks(run.id) if t.state == FAILED]
-    if not failed:
-        raise SpecError([("from", None, f"a step to resume from: run {run.id} has no failed "
-                          "step (give --from STEP)")])
-    return failed[0].step
+def first_failed_step(records: FlowRecords, run: RunRecord, graph: FlowGraph) -> str:
+    """Where a resume starts by default: the first step (in graph order) with a task that
+    did not finish: it failed, or the run was lost while it ran."""
+    unfinished = {t.step for t in records.tasks(run.id) if t.state not in (SUCCEEDED, CLONED)}
+    for name in graph.nodes:
+        if name in unfinished:
+            return name
+    raise SpecError([("from", None, f"a step to resume from: every task of run {run.id} "
+                      "finished (give --from STEP)")])
