@@ -1,14 +1,6 @@
 """Rule 2: start takes inputs; end calls self.next."""
 
-try:
-    from corral.flow import FlowSpec, step
-except ImportError:  # the runtime is written in parallel; the graph needs only this
-    class FlowSpec:  # type: ignore[no-redef]
-        pass
-
-    def step(fn):  # type: ignore[no-redef]
-        fn.__corral_step__ = True
-        return fn
+from corral.flow import FlowSpec, step
 
 
 class StartInputsFlow(FlowSpec):

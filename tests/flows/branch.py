@@ -1,14 +1,6 @@
 """A static branch of two paths, one of them two steps long, closed by a join."""
 
-try:
-    from corral.flow import FlowSpec, step
-except ImportError:  # the runtime is written in parallel; the graph needs only this
-    class FlowSpec:  # type: ignore[no-redef]
-        pass
-
-    def step(fn):  # type: ignore[no-redef]
-        fn.__corral_step__ = True
-        return fn
+from corral.flow import FlowSpec, step
 
 
 class BranchFlow(FlowSpec):
