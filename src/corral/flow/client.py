@@ -4,30 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
-from corral.flow.datastore import ArtifactStore, TaskArtifacts, TaskKey
+from corral.flow.datastore import ArtifactStore, ArtifactView, TaskArtifacts, TaskKey
 from corral.flow.records import SUCCEEDED, FlowRecords, FlowRunNotFound, RunRecord, TaskRecord
 from corral.store import Store, open_store
-
-
-class Data:
-    """A task's artifacts as attributes (loaded on first access)."""
-
-    def __init__(self, artifacts: TaskArtifacts) -> None:
-        self._artifacts = artifacts
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        try:
-            return self._artifacts[name]
-        except KeyError:
-            raise AttributeError(f"no artifact {name!r}; the task has "
-                                 f"{sorted(self._artifacts.names())}") from None
-
-    def __dir__(self) -> list[str]:
-        return sorted(self._artifacts.names())
 
 
 @dataclass(frozen=True)
@@ -49,8 +29,9 @@ class Task:
                                                     self.record.step, self.record.task_id))
 
     @property
-    def data(self) -> Data:
-        return Data(self.artifacts)
+    def data(self) -> ArtifactView:
+        """The artifacts as attributes, each loaded on first access."""
+        return self.artifacts.data
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from typing import Any
 
 from corral.errors import CorralError
 from corral.flow.current import Parallel, current
-from corral.flow.datastore import ArtifactStore, TaskArtifacts, TaskKey
+from corral.flow.datastore import ArtifactStore, ArtifactView, TaskArtifacts, TaskKey
 from corral.flow.spec import FlowSpec, parameters_of, placement_of
 
 MODULE_NAME = "__corral_flow__"  # the user's flow file, imported under one name everywhere
@@ -61,23 +61,19 @@ def load_flow_class(file: str, name: str | None = None) -> type[FlowSpec]:
     return flows[0]
 
 
-class Input:
+class Input(ArtifactView):
     """One input of a join: its artifacts as attributes (``inp.loss``), by name
-    (``inp["loss"]``), and which task it came from."""
+    (``inp["loss"]``), and which task it came from (``inp.step``, ``inp.task_id``)."""
 
-    def __init__(self, step: str, task_id: str, artifacts: TaskArtifacts) -> None:
-        self.step = step
-        self.task_id = task_id
-        self._artifacts = artifacts
+    __slots__ = ()
 
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        try:
-            return self._artifacts[name]
-        except KeyError:
-            raise AttributeError(f"input {self.step}/{self.task_id} has no artifact {name!r};"
-                                 f" it has {sorted(self._artifacts.names())}") from None
+    @property
+    def step(self) -> str:
+        return self._artifacts.key.step
+
+    @property
+    def task_id(self) -> str:
+        return self._artifacts.key.task_id
 
     def __getitem__(self, name: str) -> Any:
         return self._artifacts[name]
@@ -136,7 +132,7 @@ def run_task(args: argparse.Namespace) -> int:
     method = getattr(flow, args.step)
     inherited: TaskArtifacts | None = None
     if args.join:
-        method(Inputs([Input(s, t, a) for s, t, a in inputs]))
+        method(Inputs([Input(a) for _, _, a in inputs]))
     else:
         if inputs:
             inherited = inputs[0][2]
