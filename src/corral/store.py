@@ -674,8 +674,9 @@ class Store:
                 sets["owner_pid"] = sets["owner_start"] = None
             if change is not None:
                 if change.requeued:
-                    why = (observed.reason if observed.state is JobState.PENDING
-                           and observed.reason else "requeued by the engine")
+                    why = "requeued by the engine" + (
+                        f": {observed.reason}" if observed.state is JobState.PENDING
+                        and observed.reason else "")
                     self._event(db, job_id, current, JobState.PENDING, change.attempt, why,
                                 source, now)
                     sets.update(failure=None, finished=None)
