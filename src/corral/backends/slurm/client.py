@@ -25,6 +25,11 @@ from .options import SlurmOptions
 from .render import COMMENT_PREFIX, SlurmPlan, render
 from .transport import LocalTransport, SshTransport, Transport
 
+# A job submitted with --requeue that Slurm shows FAILED is taken as failed only after
+# this long: when one of its nodes dies, Slurm may show FAILED for a moment (the batch
+# step killed with the job) before it counts the restart and queues the job again.
+REQUEUE_SETTLE_SECONDS = 10.0
+
 # Slurm's job states -> corral's. COMPLETING still has processes to clean up.
 STATES = {
     "PENDING": JobState.PENDING, "CONFIGURING": JobState.PENDING,
@@ -250,7 +255,9 @@ class SlurmBackend(Backend):
         found = {}
         for slurm_id, jobs in grouped.items():
             record = by_slurm_id[slurm_id]
-            found[record.id] = self._observe(record, jobs)
+            seen = self._observe(record, jobs)
+            if seen is not None:
+                found[record.id] = seen
         for slurm_id in missing:
             record = by_slurm_id[slurm_id]
             if slurm_id not in grouped and time.time() - record.created > 60:
@@ -259,7 +266,9 @@ class SlurmBackend(Backend):
                     "slurmctld nor accounting)")
         return found
 
-    def _observe(self, record: JobRecord, jobs: list[dict[str, str]]) -> Observation:
+    def _observe(self, record: JobRecord, jobs: list[dict[str, str]]) -> Observation | None:
+        """What Slurm shows of the job, as an observation; None to wait for a clearer
+        look (a --requeue job that just failed may be about to run again)."""
         first = jobs[0]
         restarts = first.get("Restarts")
         attempt = int(restarts) + 1 if restarts and restarts.isdigit() else None
@@ -290,6 +299,9 @@ class SlurmBackend(Backend):
                                 if (record.options or {}).get("array") else (None, []))
         if state.is_terminal():
             finished = _slurm_time(first.get("EndTime")) or time.time()
+            if (state is JobState.FAILED and (record.options or {}).get("requeue")
+                    and time.time() - finished < REQUEUE_SETTLE_SECONDS):
+                return None
             if state is JobState.TIMEOUT:
                 reason = "time limit reached (Slurm TIMEOUT)"
             elif state is JobState.CANCELLED:
