@@ -83,8 +83,9 @@ def _finish(record: Any) -> int:
 def flow_run_command(file: str, backend: str, option_pairs: tuple[str, ...],
                      max_workers: int, datastore: str | None, params: tuple[str, ...]) -> int:
     """Run the flow in FILE [--PARAM VALUE ...]."""
+    from corral.flow.datastore import default_url
     from corral.flow.graph import FlowGraph
-    from corral.flow.runtime import FlowRun, default_datastore
+    from corral.flow.runtime import FlowRun
     from corral.flow.task import load_flow_class
     from corral.store import open_store
 
@@ -93,7 +94,7 @@ def flow_run_command(file: str, backend: str, option_pairs: tuple[str, ...],
     graph = FlowGraph.from_class(cls)
     run = FlowRun(path, cls, graph, parse_params(cls, params), open_store(), backend,
                   _run_options(option_pairs, backend), max_workers,
-                  datastore or default_datastore())
+                  datastore or default_url())
     return _finish(run.run())
 
 

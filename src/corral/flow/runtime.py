@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from corral.errors import CorralError, SpecError
-from corral.flow.datastore import ArtifactStore, TaskKey
+from corral.flow.datastore import ArtifactStore, TaskKey, default_url
 from corral.flow.graph import FlowGraph
 from corral.flow.records import (
     CLONED,
@@ -40,17 +40,9 @@ from corral.flow.records import (
 )
 from corral.flow.spec import FlowSpec, placement_of
 from corral.jobstate import JobState
-from corral.store import Store, corral_home
+from corral.store import Store
 
 POLL_SECONDS = 0.1
-
-
-class FlowFailed(CorralError):
-    """A step of the flow failed (after its retries); the run is FAILED."""
-
-
-def default_datastore() -> str:
-    return f"file://{corral_home() / 'flows'}"
 
 
 def new_run_id(flow: str) -> str:
@@ -97,7 +89,7 @@ class FlowRun:
     backend: str = "local"
     options: Mapping[str, Any] = field(default_factory=dict)
     max_workers: int = 16
-    datastore: str = field(default_factory=default_datastore)
+    datastore: str = field(default_factory=default_url)
     origin: RunRecord | None = None
     rerun: frozenset[str] = frozenset()  # with an origin: the steps run again
     say: Callable[[str], None] = lambda text: print(text, file=sys.stderr, flush=True)

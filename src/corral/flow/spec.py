@@ -16,8 +16,6 @@ from typing import Any, TypeVar
 from corral.errors import SpecError
 
 F = TypeVar("F", bound=Callable[..., Any])
-RESERVED = frozenset({"next", "input", "index", "inputs", "merge_artifacts", "run", "name",
-                      "foreach_stack"})
 
 
 @dataclass(frozen=True)
