@@ -32,6 +32,15 @@ class Parallel:
     main_port: int
     hosts: tuple[str, ...]
 
+    @classmethod
+    def of_this_node(cls) -> Parallel:
+        """This node's place, from what corral gives every process of a job."""
+        from corral.environment import env
+
+        here = env()
+        return cls(here.node_rank, here.num_nodes, here.master_addr, here.master_port,
+                   here.hosts or (here.master_addr,))
+
 
 class Current:
     """Set by the task runner before the step runs; read by the user's step code."""

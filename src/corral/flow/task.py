@@ -112,12 +112,9 @@ def run_task(args: argparse.Namespace) -> int:
     store = ArtifactStore(args.datastore)
     task_id = args.task
     if args.gang:
-        from corral.environment import env
-
-        here = env()
-        task_id = f"{args.task}.{here.node_rank}"
-        current._set(parallel=Parallel(here.node_rank, here.num_nodes, here.master_addr,
-                                       here.master_port, here.hosts or (here.master_addr,)))
+        parallel = Parallel.of_this_node()
+        task_id = f"{args.task}.{parallel.node_index}"
+        current._set(parallel=parallel)
     key = TaskKey(cls.__name__, args.run, args.step, task_id)
     params = json.loads(args.params or "{}")
     placement = placement_of(getattr(cls, args.step))
