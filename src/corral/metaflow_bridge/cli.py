@@ -63,6 +63,9 @@ def step(ctx: click.Context, step_name: str, step_args: tuple[str, ...]) -> None
                          task_id, nodes, int(option(step_argv, "--retry-count") or 0))
     if status.returncode:
         click.echo(status.summary(), err=True)
+    else:
+        click.echo(f"corral: step {step_name} ran as job {status.job_id} ({nodes} node"
+                   f"{'s' if nodes > 1 else ''}; corral logs {status.job_id} --rank N)")
     sys.exit(status.returncode)
 
 

@@ -5,10 +5,11 @@ It works at three moments, in three processes:
 * in the Metaflow runtime, :meth:`CorralDecorator.runtime_step_cli` turns the task's command
   into ``flow.py corral step ...`` (:mod:`corral.metaflow_bridge.cli`), which runs the job;
 * in each node's task, :meth:`CorralDecorator.task_pre_step` tells Metaflow which tasks make
-  up the gang and hands corral's rendezvous port to a ``@torchrun``-style decorator;
+  up the gang, sets ``current.corral`` and, for ``@torchrun``, ``current.torch``
+  (:mod:`corral.metaflow_bridge.gang`);
 * in the control task, :meth:`CorralDecorator.task_decorate` waits for every worker task to
-  finish and fails the control task if any worker did not succeed, so that a gang step is
-  never recorded as successful when one of its workers failed.
+  succeed, so that a gang step is never recorded as successful when one of its workers
+  failed.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from metaflow.unbounded_foreach import UBF_CONTROL
 from corral.metaflow_bridge.node import worker_task_id
 
 WORKER_POLL_SECONDS = 0.2
+GANG_STOP_GRACE = 60.0  # for corral to stop the gang after a worker failed
 
 
 class CorralBridgeError(MetaflowException):  # type: ignore[misc]
@@ -117,10 +119,11 @@ class CorralDecorator(StepDecorator):  # type: ignore[misc]
 
     def _wait_for_workers(self, run_id: str, step_name: str, task_id: str,
                           nodes: int) -> None:
-        """Return once every worker task is done; raise if one of them did not succeed.
+        """Return once every worker task has succeeded.
 
-        A worker that dies without a word makes corral stop the whole gang, this process
-        included, so the wait needs no timeout of its own.
+        A worker that fails (or dies) fails corral's job, which stops this process too, and
+        corral's summary names the worker's rank; so a failed worker is waited on for
+        :data:`GANG_STOP_GRACE` seconds before this task fails by itself.
         """
         waiting = {n: worker_task_id(task_id, n) for n in range(1, nodes)}
         while waiting:
@@ -129,11 +132,12 @@ class CorralDecorator(StepDecorator):  # type: ignore[misc]
                                         self.retry_count)
                 if outcome is None:
                     continue
-                del waiting[node]
                 if not outcome:
+                    time.sleep(GANG_STOP_GRACE)
                     raise CorralBridgeError(
                         f"worker task {worker} (node {node} of the gang) failed, so step "
                         f"{step_name} fails")
+                del waiting[node]
             if waiting:
                 time.sleep(WORKER_POLL_SECONDS)
 
