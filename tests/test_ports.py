@@ -126,3 +126,21 @@ def test_local_jobs_rendezvous_outside_the_ephemeral_range(tmp_path: Path) -> No
                    launcher="torchrun", workdir=str(tmp_path))
     ports = {LocalBackend().render(spec).master_port for _ in range(20)}
     assert all(not low <= port <= high for port in ports)
+
+
+def test_a_span_of_ports_lies_outside_the_range_and_is_free() -> None:
+    # above this range lie 65500..65535: a run of 32 can start at 65500..65504 only
+    for seed in range(10):
+        port = pick_port(ephemeral=(1024, 65499), span=32, rng=random.Random(seed))
+        assert 65500 <= port <= 65504
+    with pytest.raises(BackendError, match="no TCP port to choose"):
+        pick_port(ephemeral=(1024, 65510), span=32)
+    with pytest.raises(BackendError, match="no TCP port to choose"):
+        pick_port(ephemeral=(1024, 65499), span=32, avoid={65531})  # in every run
+
+
+def test_a_span_with_a_port_someone_listens_on_is_never_returned(listener: int) -> None:
+    rng = ProposesFirst(listener - 5)  # the listener is the sixth port of the first run
+    port = pick_port("127.0.0.1", rng=rng, span=8)
+    assert rng.proposed[0] == listener - 5 and port != listener - 5
+    assert all(bindable(p) for p in range(port, port + 8))

@@ -39,7 +39,7 @@ mkdir -p "$CORRAL_LOG_DIR"
 srun_logs="${{CORRAL_LOG_DIR//%/%%}}"
 hosts=$(scontrol show hostnames "$SLURM_JOB_NODELIST")
 export MASTER_ADDR=$(printf "%s\\n" $hosts | head -n 1)
-export MASTER_PORT=$(( 10000 + SLURM_JOB_ID % 20000 ))
+export MASTER_PORT=$(( 10000 + SLURM_JOB_ID % 625 * 32 ))
 export CORRAL_HOSTS=$(printf "%s\\n" $hosts | paste -sd, -)
 export CORRAL_HOSTFILE="$CORRAL_LOG_DIR/hostfile"
 printf "%s slots=2\\n" $hosts > "$CORRAL_HOSTFILE"

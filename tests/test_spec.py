@@ -30,7 +30,7 @@ def test_defaults_and_world_size() -> None:
     [
         ({"nodes": 0}, "nodes", 0, "greater than or equal to 1"),
         ({"procs_per_node": "many"}, "procs_per_node", "many", "valid integer"),
-        ({"launcher": "srun"}, "launcher", "srun", "torchrun, mpirun, deepspeed, none"),
+        ({"launcher": "srun"}, "launcher", "srun", "torchrun, mpirun, deepspeed, tensorflow, jax"),
         ({"env": {"1BAD": "x"}}, "env", {"1BAD": "x"}, "not a valid variable name"),
         ({"time_limit": "soon"}, "time_limit", "soon", "'1h30m'"),
         ({"time_limit": -5}, "time_limit", -5, "more than 0"),
@@ -65,7 +65,7 @@ def test_entrypoint_kinds() -> None:
         JobSpec(entrypoint={"kind": "module", "module": "not a module"})
     with pytest.raises(SpecError, match="entrypoint"):
         JobSpec(entrypoint={"kind": "command", "argv": []})
-    with pytest.raises(SpecError, match="launcher 'none' or 'torchrun'"):
+    with pytest.raises(SpecError, match="launcher 'none', 'torchrun' or 'ray', not 'mpirun'"):
         JobSpec(entrypoint={"kind": "function", "fn": print}, launcher="mpirun")
 
 

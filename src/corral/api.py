@@ -238,6 +238,11 @@ def distributed(
     """
     fields = {"nodes": nodes, "procs_per_node": procs_per_node, "launcher": launcher,
               **spec_fields}
+    if all_ranks and launcher == "ray":
+        from corral.errors import SpecError
+
+        raise SpecError([("all_ranks", True, "with launcher 'ray' the function runs once, as "
+                          "the Ray driver on node 0: it has one return value")])
 
     def wrap(inner: Callable[P, R]) -> DistributedFunction[P, R]:
         return DistributedFunction(inner, all_ranks, backend, stream, fields)

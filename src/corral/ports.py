@@ -7,6 +7,10 @@ random from the ports in [1024, 65535] outside that range, and probes each candi
 before returning it: nothing may accept connections on it, and it must bind on every
 address (the wildcard) with ``SO_REUSEADDR`` off, which fails while any socket holds it.
 A probe cannot reserve the port; it makes a clash unlikely, not impossible.
+
+A job owns :data:`PORT_BLOCK` ports from ``MASTER_PORT`` up: the Slurm backend gives each
+job a block of its own, and TensorFlow's workers listen on the ports after ``MASTER_PORT``
+(:mod:`corral.runtime.frameworks`). Locally, ``span`` asks for several ports in a row.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ DEFAULT_EPHEMERAL_RANGE = (32768, 60999)  # Linux's default
 LOWEST_PORT = 1024  # below: privileged ports
 HIGHEST_PORT = 65535
 PROBES = 64
+PORT_BLOCK = 32  # ports a job owns from MASTER_PORT: MASTER_PORT + 0 .. MASTER_PORT + 31
 
 
 def ephemeral_range(path: str | os.PathLike[str] = EPHEMERAL_RANGE_FILE) -> tuple[int, int]:
@@ -50,17 +55,21 @@ def pick_port(
     rng: random.Random | None = None,
     ephemeral: tuple[int, int] | None = None,
     probes: int = PROBES,
+    span: int = 1,
 ) -> int:
     """A free TCP port on ``host``, outside the ephemeral range and outside ``avoid``.
 
     ``ephemeral`` is the range to stay out of (default: :func:`ephemeral_range`);
     ``rng`` draws the candidates (``rng.sample``); at most ``probes`` are tried.
-    Raises :class:`~corral.errors.BackendError` when none of them is free.
+    With ``span`` > 1, the ``span`` ports from the one returned all meet those conditions
+    and are all free. Raises :class:`~corral.errors.BackendError` when none of them is free.
     """
     low, high = ephemeral or ephemeral_range()
     excluded = set(avoid)
-    candidates = [port for port in (*range(LOWEST_PORT, low), *range(high + 1, HIGHEST_PORT + 1))
-                  if port not in excluded]
+    span = max(span, 1)
+    candidates = [port for port in (*range(LOWEST_PORT, low - span + 1),
+                                    *range(high + 1, HIGHEST_PORT - span + 2))
+                  if not excluded or excluded.isdisjoint(range(port, port + span))]
     source = str(EPHEMERAL_RANGE_FILE) if ephemeral is None else "the range given"
     if not candidates:
         raise BackendError(
@@ -72,12 +81,15 @@ def pick_port(
     draw = rng or random.SystemRandom()
     tried: list[int] = draw.sample(candidates, min(probes, len(candidates)))
     for port in tried:
-        if port in excluded or not (LOWEST_PORT <= port <= HIGHEST_PORT) or low <= port <= high:
+        block = range(port, port + span)
+        if (not excluded.isdisjoint(block) or port < LOWEST_PORT or block[-1] > HIGHEST_PORT
+                or (port <= high and block[-1] >= low)):
             continue  # a proposal from outside the candidates (a custom rng)
-        if _is_free(family, sockaddr, port):
+        if all(_is_free(family, sockaddr, p) for p in block):
             return port
+    what = "ports" if span == 1 else f"runs of {span} ports"
     raise BackendError(
-        f"no free TCP port on {host}: all {len(tried)} ports probed outside the kernel's "
+        f"no free TCP port on {host}: all {len(tried)} {what} probed outside the kernel's "
         f"ephemeral range {low}-{high} (from {source}) are listened on or cannot be bound; "
         "stop the programs holding them (see `ss -ltn`), or run fewer jobs at once")
 

@@ -19,8 +19,9 @@ from pydantic import (
 from corral.errors import SpecError
 from corral.jobstate import JobState as JobState  # re-exported, as before
 
-LauncherName = Literal["torchrun", "mpirun", "deepspeed", "none"]
-LAUNCHERS: tuple[str, ...] = ("torchrun", "mpirun", "deepspeed", "none")
+LauncherName = Literal["torchrun", "mpirun", "deepspeed", "tensorflow", "jax", "ray", "none"]
+LAUNCHERS: tuple[str, ...] = (
+    "torchrun", "mpirun", "deepspeed", "tensorflow", "jax", "ray", "none")
 
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)\s*d)?\s*(?:(\d+(?:\.\d+)?)\s*h)?\s*"
@@ -236,10 +237,15 @@ class JobSpec(_Frozen):
                              f"restarts ranks); launcher {self.launcher!r} cannot restart")
         if self.mpi != "openmpi" and self.launcher != "mpirun":
             raise ValueError(f"mpi={self.mpi!r} needs launcher 'mpirun', not {self.launcher!r}")
-        if isinstance(self.entrypoint, Function) and self.launcher not in ("none", "torchrun"):
+        if isinstance(self.entrypoint, Function) and \
+                self.launcher not in ("none", "torchrun", "ray"):
+            raise ValueError(f"a Python function runs with launcher 'none', 'torchrun' or "
+                             f"'ray', not {self.launcher!r}")
+        if self.launcher == "ray" and self.procs_per_node != 1:
             raise ValueError(
-                f"a Python function runs with launcher 'none' or 'torchrun', not {self.launcher!r}"
-            )
+                f"procs_per_node={self.procs_per_node} with launcher 'ray': Ray starts its own "
+                "worker processes, so each node has one (its Ray node); give a node's CPUs "
+                "with resources.cpus (--cpus)")
         return self
 
     def replace(self, **changes: Any) -> JobSpec:

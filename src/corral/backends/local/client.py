@@ -151,9 +151,11 @@ class LocalBackend(Backend):
             not os.path.isfile(os.path.join(workdir, entry.argv[0]))
         ):
             raise SubmitError(f"entrypoint: command {entry.argv[0]!r} not found on PATH")
-        needs = {"torchrun": ("torch", "torch"), "deepspeed": ("deepspeed", "deepspeed")}
+        needs = {"torchrun": ("torch", None), "deepspeed": ("deepspeed", None),
+                 "tensorflow": ("tensorflow", "tensorflow"), "jax": ("jax", "jax")}
         if spec.launcher in needs and importlib.util.find_spec(needs[spec.launcher][0]) is None:
-            raise MissingDependency(needs[spec.launcher][1], purpose=f"by launcher {spec.launcher}")
+            module, extra = needs[spec.launcher]
+            raise MissingDependency(module, extra, purpose=f"by launcher {spec.launcher}")
         if spec.launcher == "mpirun":
             tool = "mpiexec.hydra" if spec.mpi == "mpich" else "mpirun"
             if shutil.which(tool) is None:
@@ -174,7 +176,7 @@ class LocalBackend(Backend):
         """The plan on these GPUs (the queue's placement: each node's in turn)."""
         from corral.backends.local.preload import guess_preload
         from corral.backends.local.render import Machine, render
-        from corral.ports import pick_port
+        from corral.ports import PORT_BLOCK, pick_port
         from corral.rundir import new_job_id
 
         workdir = os.path.abspath(spec.workdir or os.getcwd())
@@ -189,10 +191,11 @@ class LocalBackend(Backend):
             if os.geteuid() == 0:
                 extra.append("--allow-run-as-root")
             spec = spec.replace(launcher_args=(*extra, *spec.launcher_args))
+        # the job owns the PORT_BLOCK ports from MASTER_PORT (TensorFlow's workers use them)
         return render(
-            spec, job_id=job_id, run_dir=str(self.root / job_id), master_port=pick_port(),
-            machine=machine, workdir=workdir, preload=guess_preload(spec, workdir),
-            options=self.options,
+            spec, job_id=job_id, run_dir=str(self.root / job_id),
+            master_port=pick_port(span=PORT_BLOCK), machine=machine, workdir=workdir,
+            preload=guess_preload(spec, workdir), options=self.options,
         )
 
     # -- submit / run ---------------------------------------------------------------------

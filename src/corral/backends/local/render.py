@@ -18,6 +18,9 @@ from corral.launchers import NodeContext, ProcessLaunch, get_launcher
 from corral.spec import Function, JobSpec, Module, Script
 
 LOCAL_HOST = "127.0.0.1"
+# Launchers whose ranks the backend starts one by one, as with none, each through a setup step
+# (corral.runtime.frameworks): each rank gets its share of the node's GPUs, as with none.
+PER_RANK_SETUP = ("tensorflow", "jax")
 StartMode = Literal["fork", "exec"]
 
 
@@ -131,6 +134,8 @@ def _fork_target(spec: JobSpec, ctx: NodeContext) -> dict[str, Any] | None:
 def _start_mode(spec: JobSpec, options: LocalOptions, preload: tuple[str, ...]) -> tuple[
     StartMode, str
 ]:
+    if spec.launcher in PER_RANK_SETUP:
+        return "exec", f"each rank starts through corral's {spec.launcher} setup"
     if spec.launcher not in ("none", "torchrun"):
         return "exec", f"{spec.launcher} starts the ranks"
     if not options.fork:
@@ -203,7 +208,7 @@ def render(
             if mode == "fork" and spec.launcher == "torchrun" and proc.rank is not None:
                 extra.update(_torchrun_compatible_env(spec, ctx, proc.rank))
             gpus = node_gpus[node_rank]
-            if proc.local_rank is not None and spec.launcher == "none":
+            if proc.local_rank is not None and spec.launcher in ("none", *PER_RANK_SETUP):
                 gpus = _rank_gpus(gpus, proc.local_rank, spec.procs_per_node)
             if spec.resources.gpus:
                 extra["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)

@@ -5,8 +5,9 @@ The script exports the job's variables, finds the first host of the allocation
 
 * ``torchrun`` / ``deepspeed``: ``srun`` one task per node, each running the launcher's
   per-node command with its node rank taken from ``SLURM_NODEID``;
-* ``none`` and ``mpirun`` (``mpi_mode="srun"``): ``srun`` one task per rank (``--mpi=pmix``
-  for MPI), each deriving ``RANK``/``LOCAL_RANK``/``NODE_RANK`` from Slurm's task ids;
+* ``none``, ``tensorflow``, ``jax`` and ``mpirun`` (``mpi_mode="srun"``): ``srun`` one task
+  per rank (``--mpi=pmix`` for MPI), each deriving ``RANK``/``LOCAL_RANK``/``NODE_RANK`` from
+  Slurm's task ids (``tensorflow`` and ``jax`` through :mod:`corral.runtime.frameworks`);
 * ``mpirun`` with ``mpi_mode="mpirun"``: Open MPI's ``mpirun`` inside the allocation.
 
 Every rank appends its output to ``<run dir>/logs/rank-<RANK>.log`` on the shared
@@ -23,7 +24,8 @@ from typing import Any
 from corral import shell
 from corral.errors import SpecError
 from corral.launchers import NodeContext, get_launcher
-from corral.launchers.base import SHIM_NAME, program_argv
+from corral.launchers.base import SHIM_NAME
+from corral.ports import PORT_BLOCK
 from corral.spec import JobSpec
 
 from .options import SlurmOptions, slurm_time
@@ -33,10 +35,13 @@ MASTER_ADDR = shell.ref("MASTER_ADDR")
 MASTER_PORT = shell.ref("MASTER_PORT")
 LOG_DIR = shell.ref("CORRAL_LOG_DIR")
 SRUN_LOG_DIR = shell.ref("srun_logs")  # the same, with % doubled: srun reads %n, %j ...
-# MASTER_PORT = PORT_BASE + job id % PORT_SPAN: distinct for running jobs, and below Linux's
-# default ephemeral range (32768-60999), so an outgoing connection never holds it.
+# MASTER_PORT = PORT_BASE + (job id % blocks) * PORT_BLOCK: each job owns the PORT_BLOCK ports
+# from it (TensorFlow's workers listen on those after MASTER_PORT); two running jobs share a
+# block only when their ids differ by a multiple of PORT_BLOCKS (625); all lie below Linux's
+# default ephemeral range (32768-60999), so an outgoing connection never holds one.
 PORT_BASE = 10000
 PORT_SPAN = 20000
+PORT_BLOCKS = PORT_SPAN // PORT_BLOCK
 
 _RANK_FROM_SLURM = (
     'export RANK="$SLURM_PROCID" LOCAL_RANK="$SLURM_LOCALID" NODE_RANK="$SLURM_NODEID" '
@@ -197,7 +202,7 @@ def render(spec: JobSpec, *, job_id: str, run_dir: str, workdir: str,
         'srun_logs="${CORRAL_LOG_DIR//%/%%}"',
         'hosts=$(scontrol show hostnames "$SLURM_JOB_NODELIST")',
         'export MASTER_ADDR=$(printf "%s\\n" $hosts | head -n 1)',
-        f"export MASTER_PORT=$(( {PORT_BASE} + SLURM_JOB_ID % {PORT_SPAN} ))",
+        f"export MASTER_PORT=$(( {PORT_BASE} + SLURM_JOB_ID % {PORT_BLOCKS} * {PORT_BLOCK} ))",
         'export CORRAL_HOSTS=$(printf "%s\\n" $hosts | paste -sd, -)',
         'export CORRAL_HOSTFILE="$CORRAL_LOG_DIR/hostfile"',
         f'printf "%s slots={spec.procs_per_node}\\n" $hosts > "$CORRAL_HOSTFILE"',
@@ -218,7 +223,7 @@ def render(spec: JobSpec, *, job_id: str, run_dir: str, workdir: str,
     else:
         if spec.launcher == "mpirun":
             srun.append(f"--mpi={options.srun_mpi}")
-        program = program_argv(spec, ctx)
+        program = launch.processes[0].argv  # the same for every rank, shim included
         out.append(shell.join([*srun, *prefix, "sh", "-c", _RANK_FROM_SLURM, SHIM_NAME,
                                *program]))
     notes = []
