@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "env": "corral.environment",
+    "log": "corral.metrics",
     "JobEnvironment": "corral.environment",
     "JobSpec": "corral.spec",
     "Resources": "corral.spec",
@@ -56,6 +57,7 @@ __all__ = [
     "env",
     "get_backend",
     "load_job_file",
+    "log",
     "run",
     "submit",
     "submit_array",
@@ -68,6 +70,7 @@ if TYPE_CHECKING:
     from corral.errors import CorralError, JobFailed, RankError, SpecError
     from corral.jobfile import load_job_file
     from corral.jobstate import JobState
+    from corral.metrics import log
     from corral.spec import Command, Function, JobSpec, Module, Resources, Script
     from corral.status import JobStatus
 

@@ -37,6 +37,7 @@ from corral.status import JobStatus
 from corral.store import DuplicateJob, JobRecord, Observation, Owner, Store, open_store
 
 if TYPE_CHECKING:  # the spec (pydantic) is imported by whoever builds one
+    from corral.metrics import Point
     from corral.spec import JobSpec
 
 LineSink = Callable[[LogSource, str], None]
@@ -169,6 +170,20 @@ class Backend(abc.ABC):
     def read_result(self, job_id: str, rank: int) -> bytes | None:
         """What a distributed function's rank returned or raised (a result envelope)."""
         return self._read_run_file(self.store.get(job_id), f"results/rank-{rank}.pkl")
+
+    def read_metrics(self, job_id: str, rank: int | None = None) -> list[Point]:
+        """What ``corral.log`` recorded on every rank of the job (or one), in rank order."""
+        from corral.metrics import parse_points
+
+        record = self.store.get(job_id)
+        self.check_rank(record, rank)
+        ranks = range(record.nodes * record.procs_per_node) if rank is None else [rank]
+        points: list[Point] = []
+        for number in ranks:
+            data = self._read_run_file(record, f"metrics/rank-{number}.jsonl")
+            if data:
+                points.extend(parse_points(number, data.decode("utf-8", "replace")))
+        return points
 
     def options_data(self) -> dict[str, Any] | None:
         """The backend's options as plain data, recorded with each job it submits."""

@@ -25,6 +25,10 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                "Show a job's state, its ranks, its first failure and its history."),
     "logs": ("corral.cli.jobs", "logs_command",
              "Print a job's output, every line prefixed with its node and rank."),
+    "metrics": ("corral.cli.metrics", "metrics_command",
+                "Show what a job's ranks logged with corral.log: the last value of each "
+                "metric per rank (with its step and how many points), or every point with "
+                "--all."),
     "cancel": ("corral.cli.jobs", "cancel_command",
                "Stop every rank of each job (a finished job is left as it is)."),
     "wait": ("corral.cli.jobs", "wait_command",

@@ -1,0 +1,11 @@
+"""Each rank logs ``loss`` = rank + step / 10 and ``lr`` for 5 steps with corral.log."""
+
+import os
+
+import corral
+
+rank = int(os.environ["RANK"])
+for step in range(5):
+    corral.log(step=step, loss=rank + step / 10, lr=0.1)
+corral.log(final=float(rank))  # no step
+print(f"rank {rank} logged")
