@@ -26,9 +26,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "logs": ("corral.cli.jobs", "logs_command",
              "Print a job's output, every line prefixed with its node and rank."),
     "metrics": ("corral.cli.metrics", "metrics_command",
-                "Show what a job's ranks logged with corral.log: the last value of each "
-                "metric per rank (with its step and how many points), or every point with "
-                "--all."),
+                "Show what a job's ranks logged with corral.log (the last of each metric, or "
+                "--all)."),
     "cancel": ("corral.cli.jobs", "cancel_command",
                "Stop every rank of each job (a finished job is left as it is)."),
     "wait": ("corral.cli.jobs", "wait_command",

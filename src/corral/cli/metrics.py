@@ -30,8 +30,9 @@ def last_of_each(points: list[Point]) -> list[tuple[Point, int]]:
               help="JSON lines: rank, time, step, name, value (and points).")
 def metrics_command(job_id: str, rank: int | None, names: tuple[str, ...], every: bool,
                     as_json: bool) -> int:
-    """Show what a job's ranks logged with corral.log: the last value of each metric per
-    rank (with its step and how many points), or every point with --all."""
+    """Show what a job's ranks logged with corral.log (the last of each metric, or --all).
+
+    Without --all: per rank and metric, the last value, its step and how many points."""
     points = backend_of(job_id).read_metrics(job_id, rank)
     if names:
         points = [p for p in points if p.name in names]
