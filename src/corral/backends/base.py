@@ -185,6 +185,22 @@ class Backend(abc.ABC):
                 points.extend(parse_points(number, data.decode("utf-8", "replace")))
         return points
 
+    def read_profile(self, job_id: str) -> tuple[list[dict[str, Any]], list[str]]:
+        """The node agents' samples of every rank's CPU, memory and GPU use, and what each
+        node said about its GPUs (see :mod:`corral.runtime.sampler`)."""
+        from corral.runtime.sampler import parse_profile
+
+        record = self.store.get(job_id)
+        samples: list[dict[str, Any]] = []
+        notes: list[str] = []
+        for node in range(record.nodes):
+            data = self._read_run_file(record, f"profile/node-{node}.jsonl")
+            if data:
+                found, said = parse_profile(data.decode("utf-8", "replace"))
+                samples.extend(found)
+                notes.extend(said)
+        return samples, notes
+
     def options_data(self) -> dict[str, Any] | None:
         """The backend's options as plain data, recorded with each job it submits."""
         return None

@@ -28,6 +28,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "metrics": ("corral.cli.metrics", "metrics_command",
                 "Show what a job's ranks logged with corral.log (the last of each metric, or "
                 "--all)."),
+    "profile": ("corral.cli.profile", "profile_command",
+                "Show each rank's CPU, memory and GPU use, as its node agent sampled it."),
     "cancel": ("corral.cli.jobs", "cancel_command",
                "Stop every rank of each job (a finished job is left as it is)."),
     "wait": ("corral.cli.jobs", "wait_command",

@@ -100,6 +100,10 @@ class NodeAgent:
         self.function: Any = None  # a function job's (fn, args, kwargs), loaded before forking
         self.stopping = False  # set once a stop was asked for or the ranks have all ended
 
+    def child_ranks(self) -> dict[int, int | None]:
+        """pid -> rank of this agent's own children (read by the sampler's thread)."""
+        return {pid: entry.get("rank") for pid, entry in dict(self.children).items()}
+
     def on_stop_signal(self, signum: int, frame: object) -> None:
         """SIGTERM/SIGINT: leave start() or wait() for stop(); later signals change nothing."""
         if not self.stopping:
@@ -499,8 +503,14 @@ def main(argv: list[str] | None = None) -> int:
     agent = NodeAgent(plan, events_fd)
     signal.signal(signal.SIGTERM, agent.on_stop_signal)
     signal.signal(signal.SIGINT, agent.on_stop_signal)
+    sampler = None
     try:
         agent.start()
+        if plan.get("log_dir"):  # the ranks' CPU, memory and GPU use (runtime/sampler.py)
+            from corral.runtime.sampler import start_sampler
+
+            sampler = start_sampler(plan["node_rank"], os.path.dirname(plan["log_dir"]),
+                                    agent.child_ranks)
         code = agent.wait()
         agent.stopping = True  # from here on a SIGTERM changes nothing: we stop anyway
         left = procs.descendants(os.getpid())
@@ -511,6 +521,8 @@ def main(argv: list[str] | None = None) -> int:
         code = 128 + signal.SIGTERM
     except _RankDone as done:  # in a forked rank, once the user's code has finished
         done.exit()
+    if sampler is not None:
+        sampler.stop()
     agent.stop()
     agent.emit(event="done", returncode=code)
     return code
