@@ -43,12 +43,12 @@ def _cpu_ticks(pid: int) -> int | None:
         return None
 
 
-def _rss(pid: int) -> int:
+def _rss(pid: int) -> int | None:
     try:
         with open(f"/proc/{pid}/statm", "rb") as handle:
             return int(handle.read().split()[1]) * PAGE
     except (OSError, IndexError, ValueError):
-        return 0
+        return None
 
 
 def _rank_of(pid: int) -> int:
@@ -131,8 +131,8 @@ class Sampler(threading.Thread):
         gpu_mem, gpu_util = gpus.sample() if gpus.nvml is not None else ({}, {})
         rows: dict[int, dict[str, Any]] = {}
         for pid in pids:
-            ticks = _cpu_ticks(pid)
-            if ticks is None:
+            ticks, rss = _cpu_ticks(pid), _rss(pid)
+            if ticks is None or not rss:  # gone since the listing (or a zombie by now)
                 continue
             if pid not in self.ranks:
                 mine = known.get(pid)
@@ -144,7 +144,7 @@ class Sampler(threading.Thread):
             if before is not None and now > before[0]:
                 row["cpu"] += 100.0 * (ticks - before[1]) / TICKS / (now - before[0])
             self.last[pid] = (now, ticks)
-            row["rss"] += _rss(pid)
+            row["rss"] += rss
             row["procs"] += 1
             if pid in gpu_mem:
                 row["gpu_mem"] = row.get("gpu_mem", 0) + gpu_mem[pid]
