@@ -12,9 +12,10 @@ BIN := $(VENV)/bin
 
 .PHONY: demo test lint unit bench system-deps slurm-up slurm-down k8s-build k8s-up k8s-down clean
 # Debian packages the tests use: Open MPI, a real Slurm cluster with ssh for submission, and
-# etcd + openssl for the Kubernetes test cluster.
+# etcd + openssl for the Kubernetes test cluster, chromium + its driver for the dashboard tests.
 APT_PACKAGES := openmpi-bin libopenmpi-dev mpich slurmctld slurmd slurm-client munge \
-	openssh-server openssh-client rsync iproute2 util-linux procps etcd-server openssl
+	openssh-server openssh-client rsync iproute2 util-linux procps etcd-server openssl \
+	chromium chromium-driver
 
 $(VENV)/.deps:
 	@$(MAKE) --no-print-directory system-deps

@@ -32,6 +32,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                 "Show each rank's CPU, memory and GPU use, as its node agent sampled it."),
     "card": ("corral.cli.card", "card_command",
              "Write a job's card: spec, timeline, failure and plots, in one offline HTML file."),
+    "ui": ("corral.cli.ui", "ui_command",
+           "Serve a web dashboard of jobs, logs and plots on this machine, behind a token."),
     "cancel": ("corral.cli.jobs", "cancel_command",
                "Stop every rank of each job (a finished job is left as it is)."),
     "wait": ("corral.cli.jobs", "wait_command",
