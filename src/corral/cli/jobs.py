@@ -11,6 +11,7 @@ it: ``corral ps`` over finished jobs reads the store and nothing more.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, TypeVar
@@ -227,7 +228,9 @@ def cancel_command(job_ids: tuple[str, ...]) -> int:
 @click.argument("job_ids", nargs=-1, required=True)
 @click.option("--timeout", type=float,
               help="Give up after this many seconds (exit 75; a job's own time limit is 124).")
-def wait_command(job_ids: tuple[str, ...], timeout: float | None) -> int:
+@click.option("--plain", is_flag=True,
+              help="No live panel (the default when not on a terminal).")
+def wait_command(job_ids: tuple[str, ...], timeout: float | None, plain: bool) -> int:
     """Wait for jobs to end; exit 0 only if all succeeded."""
     if timeout is not None and not 0 <= timeout <= 366 * 86400:  # NaN fails this too
         from corral.errors import SpecError
@@ -237,7 +240,17 @@ def wait_command(job_ids: tuple[str, ...], timeout: float | None) -> int:
 
     def wait(job_id: str) -> JobStatus:
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
-        status = finished_status(job_id) or backend_of(job_id).wait(job_id, timeout=left)
+        status = finished_status(job_id)
+        if status is None:
+            backend = backend_of(job_id)
+            if plain or not sys.stdout.isatty():
+                status = backend.wait(job_id, timeout=left)
+            else:
+                from corral.live import LiveView
+
+                record = backend.store.get(job_id)
+                with LiveView(job_id, backend, record.procs_per_node):
+                    status = backend.wait(job_id, timeout=left)
         shown = status.state.value if status.state.is_terminal() else (
             f"still {status.state.value}")
         click.echo(f"{job_id}: {shown}", err=not status.state.is_terminal())

@@ -8,7 +8,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -214,8 +214,10 @@ def _queue_only(prepared: Prepared, submission: Submission) -> None:
 @_with(_SPEC_OPTIONS)
 @_with(_QUEUE_OPTIONS)
 @click.option("--detach", is_flag=True, help="Submit, print the job id, return at once.")
+@click.option("--plain", is_flag=True,
+              help="Plain lines, no live panel (the default when not on a terminal).")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
-def run_command(dry_run: bool, detach: bool, **given: Any) -> int:
+def run_command(dry_run: bool, detach: bool, plain: bool, **given: Any) -> int:
     """Run SCRIPT_OR_CMD [-- ARGS...] as a job.
 
     \b
@@ -238,10 +240,11 @@ def run_command(dry_run: bool, detach: bool, **given: Any) -> int:
                f"{spec.procs_per_node} rank(s)", err=True)
     extra = {"submission": submission} if prepared.backend == "local" else {}
     received: list[int] = []
-    with _signals_as_interrupt(received):
+    view = None if plain or not sys.stdout.isatty() else _live_view(plan.job_id, engine, spec)
+    with _signals_as_interrupt(received), view or nullcontext():
         try:
-            status = engine.run(spec, sink=LinePrinter(spec.procs_per_node), plan=plan,
-                                waiting=_show_waiting, **extra)
+            status = engine.run(spec, sink=view or LinePrinter(spec.procs_per_node),
+                                plan=plan, waiting=None if view else _show_waiting, **extra)
         except KeyboardInterrupt:
             status = engine.describe(plan.job_id)
             received.append(signal.SIGINT)
@@ -253,6 +256,12 @@ def run_command(dry_run: bool, detach: bool, **given: Any) -> int:
         return 128 + received[0]
     code: int = status.returncode
     return code
+
+
+def _live_view(job_id: str, engine: Any, spec: JobSpec) -> Any:
+    from corral.live import LiveView
+
+    return LiveView(job_id, engine, spec.procs_per_node)
 
 
 def _submit(prepared: Prepared, submission: Submission) -> list[str]:
