@@ -60,3 +60,22 @@ def test_a_failed_jobs_card_shows_the_failure(tmp_path: Path) -> None:
     page = render_card(collect(status.job_id), plotly_bundle())
     assert "<h2>Failure</h2>" in page and "rank 1 on node 1 failed" in page
     assert "No metrics" in page and "exit code" in page
+
+
+def test_a_flow_run_gets_a_card_per_step(tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CORRAL_QUEUE_CPUS", "8")
+    flow = Path(__file__).parent / "flows" / "linear.py"
+    done = subprocess.run([sys.executable, "-m", "corral.cli", "flow", "run", str(flow)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    run_id = re.search(r"flow run (\S+) SUCCEEDED", done.stdout + done.stderr)
+    assert run_id is not None, done.stdout + done.stderr
+    cards = subprocess.run([sys.executable, "-m", "corral.cli", "flow", "card",
+                            run_id.group(1), "-o", str(tmp_path / "cards")],
+                           capture_output=True, text=True, timeout=120)
+    assert cards.returncode == 0, cards.stderr
+    written = sorted(p.name.split("-")[0] for p in (tmp_path / "cards").glob("*.html"))
+    assert written == ["end", "middle", "start"]
+    page = next((tmp_path / "cards").glob("middle-*.html")).read_text()
+    assert "SUCCEEDED" in page and "corral.flow.task" in page

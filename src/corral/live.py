@@ -51,6 +51,8 @@ def render_panel(status: JobStatus, points: Sequence[Point], now: float) -> Grou
     """The panel: a title line, then one row per node."""
     title = Text.assemble((f"job {status.job_id} ", "bold"),
                           (status.state.value, _STYLE.get(status.state, "")),
+                          f" ({status.reason})" if status.reason and
+                          status.state is JobState.PENDING else "",
                           f"  {_elapsed(status, now)}  "
                           f"{status.nodes} node(s) x {status.procs_per_node} rank(s)")
     table = Table(box=None, pad_edge=False, header_style="bold")

@@ -193,6 +193,36 @@ def flow_logs_command(run_id: str, step: str, task_id: str | None, rank: int | N
     return 0
 
 
+@flow_group.command("card")
+@click.argument("run_id")
+@click.argument("step", required=False)
+@click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False), default=".",
+              show_default=True, help="The folder to write the cards in.")
+def flow_card_command(run_id: str, step: str | None, out_dir: str) -> int:
+    """Write a card per step of a run (each of its jobs), or of one step: STEP-JOB.html."""
+    from pathlib import Path
+
+    from corral.card import collect, plotly_bundle, render_card
+    from corral.flow.records import FlowRecords
+    from corral.store import open_store
+
+    tasks = [t for t in FlowRecords(open_store()).tasks(run_id, step) if t.job_id]
+    if not tasks:
+        raise SpecError([("step" if step else "run", step or run_id,
+                          f"a {'step of run ' + run_id if step else 'flow run'} whose tasks "
+                          "ran as jobs (corral flow show lists them)")])
+    folder = Path(out_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    bundle = plotly_bundle()
+    jobs = dict.fromkeys((t.step, t.job_id) for t in tasks)
+    for task_step, job_id in jobs:
+        assert job_id is not None
+        target = folder / f"{task_step}-{job_id}.html"
+        target.write_text(render_card(collect(job_id), bundle), encoding="utf-8")
+        click.echo(str(target))
+    return 0
+
+
 @flow_group.command("ls")
 @click.argument("flow", required=False)
 def flow_ls_command(flow: str | None) -> int:
