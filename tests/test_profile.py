@@ -60,3 +60,20 @@ def test_sampling_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
     assert status.state is JobState.SUCCEEDED, status.summary()
     assert not (Path(status.run_dir or "") / "profile").exists()
     assert LocalBackend().read_profile(status.job_id) == ([], [])
+
+
+@pytest.mark.slurm
+def test_slurm_nodes_are_sampled_beside_the_ranks(cluster: object) -> None:
+    from corral.backends.slurm import SlurmBackend, SlurmOptions
+
+    slurm = SlurmBackend(SlurmOptions(python=sys.executable, poll_seconds=0.1,
+                                      profile_seconds=0.5))
+    job_id = slurm.submit(alloc_job(nodes=2)).job_id
+    status = slurm.wait(job_id, timeout=180)
+    assert status.state is JobState.SUCCEEDED, status.summary()
+    samples, notes = slurm.read_profile(job_id)
+    summary = {row["rank"]: row for row in summarize(samples)}
+    assert {0, 1} <= set(summary), summary
+    assert summary[1]["rss_max"] >= 500 * MB > summary[0]["rss_max"]
+    assert summary[0]["cpu_max"] > 50
+    assert len(notes) == 2  # one per node

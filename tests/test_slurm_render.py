@@ -59,6 +59,7 @@ def spec(launcher: str = "none", **fields: object) -> JobSpec:
 
 
 def script(s: JobSpec, **options: object) -> str:
+    options.setdefault("profile_seconds", 0)  # the sampler's lines: their own test below
     return render(s, job_id="j-1", run_dir="/shared/j-1", workdir="/home/me/proj",
                   options=SlurmOptions(**options), python="/venv/bin/python").script
 
@@ -288,3 +289,18 @@ def test_what_slurm_shows_as_it_requeues_is_the_new_attempt_waiting(slurm_state:
                            "Requeue=1 Restarts=1 ExitCode=0:15 NodeList=node1")
     seen = SlurmBackend(SlurmOptions())._observe(record, [job])
     assert (seen.state, seen.engine_attempt) == (JobState.PENDING, 2)
+
+
+def test_a_sampler_step_runs_beside_the_ranks_and_is_stopped_after_them() -> None:
+    lines = script(spec("none"), profile_seconds=0.5).splitlines()
+    start = lines.index("export CORRAL_PROFILE_SECONDS=0.5")
+    assert lines[start + 1] == ("srun --overlap --ntasks-per-node=1 --output=/dev/null "
+                                "/venv/bin/python -m corral.runtime.sampler &")
+    assert lines[start + 2] == "sampler=$!"
+    assert lines[start + 3].startswith("srun --kill-on-bad-exit=1 ")
+    assert lines[start + 3].endswith(" && status=0 || status=$?")
+    assert lines[-2:] == ['kill "$sampler" 2>/dev/null; wait "$sampler" 2>/dev/null || true',
+                          'exit "$status"']
+    # inside a container the host's interpreter may not have corral: no sampler there
+    assert "corral.runtime.sampler" not in script(spec("none", image="img:1"),
+                                                  container="pyxis", profile_seconds=1)

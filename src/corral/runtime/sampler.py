@@ -8,6 +8,11 @@ such as torchrun's agent) and appends one line per rank to
 "procs"}``, plus ``"gpu_mem"`` (bytes) and ``"gpu_util"`` (% of the GPUs the rank uses) when
 NVML sees a GPU. The first line says which GPUs were found, or why none.
 
+On Slurm, where no corral agent runs on the nodes, ``python -m corral.runtime.sampler``
+runs as a step of its own beside the ranks, one task per node, and samples the processes of
+this job on its node (found by ``CORRAL_JOB_ID`` and ``SLURM_NODEID`` in their environment)
+until the job script stops it.
+
 Only the standard library is imported (NVML through ``pynvml`` when it is installed).
 """
 
@@ -102,10 +107,10 @@ class Sampler(threading.Thread):
     """``known()`` gives the ranks of the agent's own children (a forked rank's environment
     in /proc is the agent's, without its RANK); other processes are found by RANK."""
 
-    def __init__(self, root: int, node: int, path: str, interval: float,
+    def __init__(self, find: Callable[[], list[int]], node: int, path: str, interval: float,
                  known: Callable[[], Mapping[int, int | None]]) -> None:
         super().__init__(name="corral-sampler", daemon=True)
-        self.root, self.node, self.path, self.interval = root, node, path, interval
+        self.find, self.node, self.path, self.interval = find, node, path, interval
         self.known = known
         self.done = threading.Event()
         self.last: dict[int, tuple[float, int]] = {}  # pid -> (time, ticks)
@@ -126,7 +131,7 @@ class Sampler(threading.Thread):
 
     def sample(self, gpus: _Gpus) -> list[dict[str, Any]]:
         now = time.time()
-        pids = procs.descendants(self.root)
+        pids = self.find()
         known = self.known()
         gpu_mem, gpu_util = gpus.sample() if gpus.nvml is not None else ({}, {})
         rows: dict[int, dict[str, Any]] = {}
@@ -161,16 +166,58 @@ class Sampler(threading.Thread):
         self.join(timeout=2 * self.interval + 1)
 
 
+def profile_file(run_dir: str, node: int) -> str:
+    return os.path.join(run_dir, "profile", f"node-{node}.jsonl")
+
+
 def start_sampler(node: int, run_dir: str,
                   known: Callable[[], Mapping[int, int | None]]) -> Sampler | None:
     """Sample this process's descendants from now on (None when turned off)."""
     interval = interval_from_env()
     if interval <= 0:
         return None
-    sampler = Sampler(os.getpid(), node, os.path.join(run_dir, "profile", f"node-{node}.jsonl"),
+    me = os.getpid()
+    sampler = Sampler(lambda: procs.descendants(me), node, profile_file(run_dir, node),
                       interval, known)
     sampler.start()
     return sampler
+
+
+def _environ_has(pid: int, wanted: Mapping[bytes, bytes]) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as handle:
+            items = set(handle.read().split(b"\0"))
+    except OSError:
+        return False
+    return all(key + b"=" + value in items for key, value in wanted.items())
+
+
+def job_processes(job_id: str, node: str) -> list[int]:
+    """This job's processes on this node, by their environment (Slurm: no agent to ask)."""
+    wanted = {b"CORRAL_JOB_ID": job_id.encode(), b"SLURM_NODEID": node.encode()}
+    me = os.getpid()
+    return [int(n) for n in os.listdir("/proc")
+            if n.isdigit() and int(n) != me and _environ_has(int(n), wanted)]
+
+
+def main() -> int:
+    """Sample this job's processes on this node until SIGTERM (the Slurm job script's step)."""
+    import signal
+
+    job_id, node = os.environ.get("CORRAL_JOB_ID"), os.environ.get("SLURM_NODEID")
+    run_dir, interval = os.environ.get("CORRAL_RUN_DIR"), interval_from_env()
+    if not (job_id and node and run_dir) or interval <= 0:
+        return 0
+    sampler = Sampler(lambda: job_processes(job_id, node), int(node),
+                      profile_file(run_dir, int(node)), interval, dict)
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    signal.signal(signal.SIGINT, lambda *_: stopped.set())
+    sampler.start()
+    while not stopped.wait(0.5):
+        pass
+    sampler.stop()
+    return 0
 
 
 def parse_profile(text: str) -> tuple[list[dict[str, Any]], list[str]]:
@@ -187,3 +234,7 @@ def parse_profile(text: str) -> tuple[list[dict[str, Any]], list[str]]:
         elif "rank" in row:
             samples.append(row)
     return samples, notes
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

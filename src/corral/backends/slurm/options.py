@@ -50,6 +50,9 @@ class SlurmOptions(BaseModel):
     # The least time between two questions to slurmctld, shared by every corral process
     # on this machine: one `scontrol show job` (plus `sacct` for jobs it forgot) per interval.
     poll_seconds: float = Field(default=1.0, gt=0)
+    # Each node's processes of the job are sampled this often (a step beside the ranks:
+    # corral.runtime.sampler); 0: not at all. Not inside a container.
+    profile_seconds: float = Field(default=1.0, ge=0, le=3600)
 
     def __init__(self, **data: Any) -> None:
         problems = _nul_problems(data, "")

@@ -209,6 +209,12 @@ def render(spec: JobSpec, *, job_id: str, run_dir: str, workdir: str,
         "",
     ]
     srun_flags, prefix = _container(spec, options)
+    sampling = options.profile_seconds > 0 and options.container == "none"
+    if sampling:  # each node's share of the job, sampled beside it (runtime/sampler.py)
+        out += [f"export CORRAL_PROFILE_SECONDS={options.profile_seconds:g}",
+                shell.join(["srun", "--overlap", "--ntasks-per-node=1", "--output=/dev/null",
+                            python, "-m", "corral.runtime.sampler"]) + " &",
+                "sampler=$!"]
     srun = ["srun", "--kill-on-bad-exit=1", f"--ntasks-per-node={tasks_per_node}",
             f"--output={SRUN_LOG_DIR}/node-%n.log", *srun_flags]
     if in_allocation_mpirun:
@@ -226,6 +232,10 @@ def render(spec: JobSpec, *, job_id: str, run_dir: str, workdir: str,
         program = launch.processes[0].argv  # the same for every rank, shim included
         out.append(shell.join([*srun, *prefix, "sh", "-c", _RANK_FROM_SLURM, SHIM_NAME,
                                *program]))
+    if sampling:
+        out[-1] += " && status=0 || status=$?"
+        out += ['kill "$sampler" 2>/dev/null; wait "$sampler" 2>/dev/null || true',
+                'exit "$status"']
     notes = []
     if spec.time_limit and spec.time_limit % 60:
         notes.append(f"time limit {spec.time_limit:g}s becomes --time="
