@@ -106,3 +106,28 @@ def test_wait_on_a_terminal_shows_the_panel_until_the_job_ends() -> None:
     assert code == 0, plain
     assert re.search(rf"job {re.escape(job_id)} SUCCEEDED\s+0:0\d\.\d\s+2 node\(s\)", plain)
     assert f"{job_id}: SUCCEEDED" in plain
+
+
+def test_a_long_step_shows_a_spinner_on_a_terminal_only() -> None:
+    snippet = ("import time; from corral.console import working\n"
+               "with working('corral: copying 3 files (0.1 MiB) of /w with the job'):\n"
+               "    time.sleep(0.5)\n")
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-c", snippet], stdin=slave, stdout=slave,
+                            stderr=slave, close_fds=True)
+    os.close(slave)
+    proc.wait(timeout=30)
+    shown = b""
+    while select.select([master], [], [], 0.2)[0]:
+        try:
+            data = os.read(master, 65536)
+        except OSError:
+            break
+        if not data:
+            break
+        shown += data
+    os.close(master)
+    assert "copying 3 files" in shown.decode(errors="replace")
+    piped = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True,
+                           timeout=30)
+    assert piped.stdout == piped.stderr == ""  # not a terminal: nothing at all

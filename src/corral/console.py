@@ -5,6 +5,7 @@ Standard library only, so that the commands that print start fast.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sys
 from collections.abc import Sequence
@@ -68,3 +69,13 @@ def columns(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 def printable_lines(text: str) -> str:
     """Several lines (a job's summary), each made printable; the line breaks kept."""
     return "\n".join(printable(line, 2000) for line in text.splitlines())
+
+
+def working(what: str) -> contextlib.AbstractContextManager[object]:
+    """A spinner with ``what`` and the time taken, on stderr while a long step runs, when
+    stderr is a terminal; nothing otherwise (logs and pipes get no control characters)."""
+    if not sys.stderr.isatty():
+        return contextlib.nullcontext()
+    from rich.console import Console
+
+    return Console(stderr=True).status(what, spinner="dots")

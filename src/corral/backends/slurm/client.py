@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from corral.backends.base import Backend, Capabilities, JobRef, Plan, check_workdir
+from corral.console import working
 from corral.errors import BackendError, SpecError, SubmitError
 from corral.launchers.failures import parse_torchrun
 from corral.logs import LogFollower, LogSource
@@ -193,7 +194,9 @@ class SlurmBackend(Backend):
                 exclude=self.options.snapshot_exclude, max_mb=self.options.snapshot_max_mb)
             for name, why in snap.skipped:
                 sys.stderr.write(f"corral: warning: not copied with the job: {name} ({why})\n")
-            t.copy_files(plan.workdir, snap.files, plan.code_dir)
+            with working(f"corral: copying {len(snap.files)} files "
+                         f"({snap.size / 2**20:.1f} MiB) of {plan.workdir} with the job"):
+                t.copy_files(plan.workdir, snap.files, plan.code_dir)
         if isinstance(spec.entrypoint, Function):
             from corral.runtime.call import dump_payload
 
