@@ -15,6 +15,7 @@ import corral
 from conftest import PROGRAMS
 from corral import metrics
 from corral.backends.local import LocalBackend
+from corral.errors import MetricError
 from corral.spec import JobSpec, JobState
 
 
@@ -61,7 +62,7 @@ def in_a_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.mark.parametrize("value", ["0.5", float("nan"), float("inf"), True, None, [1.0]])
 def test_a_metric_that_is_not_a_finite_number_is_refused_by_name(in_a_job: Path,
                                                                    value: object) -> None:
-    with pytest.raises(TypeError, match="loss="):
+    with pytest.raises(MetricError, match="loss="):  # a TypeError too
         corral.log(step=1, loss=value)  # type: ignore[arg-type]
 
 
@@ -74,7 +75,7 @@ def test_numpy_scalars_are_kept_as_floats_and_a_cut_line_is_skipped(in_a_job: Pa
         handle.write('[1.0, 4, {"loss": 0.')  # a writer that has not finished its line
     points = list(metrics.parse_points(2, path.read_text()))
     assert [(p.step, p.name, p.value) for p in points] == [(3, "loss", 0.25), (3, "count", 7.0)]
-    with pytest.raises(TypeError, match="step="):
+    with pytest.raises(MetricError, match="step="):
         corral.log(step=1.5, loss=1.0)  # type: ignore[arg-type]
 
 

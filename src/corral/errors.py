@@ -4,6 +4,7 @@ CorralError
  ├── SpecError            a job spec field has a bad value (field, value, what is accepted)
  ├── JobFileError         a YAML/TOML job file cannot be read or parsed
  ├── MissingDependency    an optional part is not installed (with the pip command)
+ ├── MetricError          corral.log was given a value that is not a finite number
  ├── BackendError         a backend could not do what was asked
  │    ├── SubmitError     nothing was started
  │    ├── JobNotFound     no record of that job id
@@ -55,6 +56,10 @@ class MissingDependency(CorralError, ImportError):
         hint = f"pip install 'corral[{extra}]'" if extra else f"pip install {module}"
         why = f" (needed {purpose})" if purpose else ""
         super().__init__(f"the Python package {module!r} is not installed{why}; run: {hint}")
+
+
+class MetricError(CorralError, TypeError):
+    """``corral.log`` was given something other than a finite number (or an int step)."""
 
 
 class BackendError(CorralError):

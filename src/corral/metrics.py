@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from numbers import Real
 from typing import IO, Any
 
+from corral.errors import MetricError
+
 FLUSH_SECONDS = 1.0
 _dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
@@ -70,8 +72,8 @@ def _open() -> _Writer:
     return _writer
 
 
-def _bad(name: str, value: object) -> TypeError:
-    return TypeError(f"corral.log: {name}={value!r} is not a finite number; a metric is an "
+def _bad(name: str, value: object) -> MetricError:
+    return MetricError(f"corral.log: {name}={value!r} is not a finite number; a metric is an "
                      "int or a float (call .item() on a one-element tensor or array)")
 
 
@@ -89,7 +91,7 @@ def log(step: int | None = None, **values: float) -> None:
         if not math.isfinite(values[name]):
             raise _bad(name, value)
     if step is not None and type(step) is not int:
-        raise TypeError(f"corral.log: step={step!r} is not an int")
+        raise MetricError(f"corral.log: step={step!r} is not an int")
     (_writer or _open()).write(step, values)
 
 
