@@ -46,12 +46,13 @@ def test_panel_snapshot() -> None:
     assert shown == SNAPSHOT
 
 
-def run_in_pty(*args: str, timeout: float = 120) -> tuple[int, str]:
+def in_pty(argv: list[str], timeout: float = 120) -> tuple[int, str]:
+    """Run ``argv`` on a pseudo-terminal of 140 x 40; its exit code and all it wrote."""
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 140, 0, 0))
     env = {**os.environ, "COLUMNS": "140", "LINES": "40"}  # rich reads these before the tty
-    proc = subprocess.Popen([sys.executable, "-m", "corral.cli", *args], stdin=slave,
-                            stdout=slave, stderr=slave, close_fds=True, env=env)
+    proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, close_fds=True,
+                            env=env)
     os.close(slave)
     out, end = b"", time.monotonic() + timeout
     while time.monotonic() < end:
@@ -69,6 +70,10 @@ def run_in_pty(*args: str, timeout: float = 120) -> tuple[int, str]:
     proc.wait(timeout=10)
     os.close(master)
     return proc.returncode, out.decode(errors="replace")
+
+
+def run_in_pty(*args: str, timeout: float = 120) -> tuple[int, str]:
+    return in_pty([sys.executable, "-m", "corral.cli", *args], timeout)
 
 
 def test_run_on_a_terminal_shows_the_live_panel_and_the_logs() -> None:
@@ -112,22 +117,8 @@ def test_a_long_step_shows_a_spinner_on_a_terminal_only() -> None:
     snippet = ("import time; from corral.console import working\n"
                "with working('corral: copying 3 files (0.1 MiB) of /w with the job'):\n"
                "    time.sleep(0.5)\n")
-    master, slave = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-c", snippet], stdin=slave, stdout=slave,
-                            stderr=slave, close_fds=True)
-    os.close(slave)
-    proc.wait(timeout=30)
-    shown = b""
-    while select.select([master], [], [], 0.2)[0]:
-        try:
-            data = os.read(master, 65536)
-        except OSError:
-            break
-        if not data:
-            break
-        shown += data
-    os.close(master)
-    assert "copying 3 files" in shown.decode(errors="replace")
+    code, shown = in_pty([sys.executable, "-c", snippet], timeout=30)
+    assert code == 0 and "copying 3 files" in shown
     piped = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True,
                            timeout=30)
     assert piped.stdout == piped.stderr == ""  # not a terminal: nothing at all

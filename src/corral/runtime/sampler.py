@@ -56,14 +56,22 @@ def _rss(pid: int) -> int | None:
         return None
 
 
-def _rank_of(pid: int) -> int:
+def _environ(pid: int) -> list[bytes]:
+    """The process's environment as it started (``NAME=value`` items); [] once it is gone."""
     try:
         with open(f"/proc/{pid}/environ", "rb") as handle:
-            for item in handle.read().split(b"\0"):
-                if item.startswith(b"RANK="):
-                    return int(item[5:])
-    except (OSError, ValueError):
-        pass
+            return handle.read().split(b"\0")
+    except OSError:
+        return []
+
+
+def _rank_of(pid: int) -> int:
+    for item in _environ(pid):
+        if item.startswith(b"RANK="):
+            try:
+                return int(item[5:])
+            except ValueError:
+                break
     return NO_RANK
 
 
@@ -184,11 +192,7 @@ def start_sampler(node: int, run_dir: str,
 
 
 def _environ_has(pid: int, wanted: Mapping[bytes, bytes]) -> bool:
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as handle:
-            items = set(handle.read().split(b"\0"))
-    except OSError:
-        return False
+    items = set(_environ(pid))
     return all(key + b"=" + value in items for key, value in wanted.items())
 
 
