@@ -189,10 +189,10 @@ def test_dry_run_shows_the_shim(launcher: str) -> None:
     assert len(ranks) == 4
     assert all(line.endswith(f"{SHIM} {launcher} {sys.executable} "
                              f"{PROGRAMS / 'echo_args.py'} x") for line in ranks)
-    srun = dry_run("--backend", "slurm").splitlines()[-1]
-    assert srun.startswith("srun --kill-on-bad-exit=1 --ntasks-per-node=2 ")
+    (srun,) = [line for line in dry_run("--backend", "slurm").splitlines()
+               if line.startswith("srun --kill-on-bad-exit=1 --ntasks-per-node=2 ")]
     assert f"corral-rank {sys.executable} {SHIM} {launcher} {sys.executable} " in srun
-    assert srun.endswith("echo_args.py x")
+    assert srun.removesuffix(" && status=0 || status=$?").endswith("echo_args.py x")
 
 
 def test_slurm_gives_each_job_a_block_of_ports() -> None:
