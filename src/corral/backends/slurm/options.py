@@ -51,8 +51,9 @@ class SlurmOptions(BaseModel):
     # on this machine: one `scontrol show job` (plus `sacct` for jobs it forgot) per interval.
     poll_seconds: float = Field(default=1.0, gt=0)
     # Each node's processes of the job are sampled this often (a step beside the ranks:
-    # corral.runtime.sampler); 0: not at all. Not inside a container.
-    profile_seconds: float = Field(default=1.0, ge=0, le=3600)
+    # corral.runtime.sampler); 0: not at all. Not inside a container. Off unless asked for:
+    # on the test cluster a node's slurmd once died launching the two steps together.
+    profile_seconds: float = Field(default=0.0, ge=0, le=3600)
 
     def __init__(self, **data: Any) -> None:
         problems = _nul_problems(data, "")
