@@ -15,11 +15,12 @@ from typing import Any
 
 import pytest
 
-from corral.backends.kubernetes.observe import first_exit, parse_pod_log, pod_index
+from corral.backends.kubernetes.observe import pod_index
 from corral.backends.kubernetes.options import KubernetesOptions
-from corral.backends.kubernetes.package import pack
 from corral.backends.kubernetes.render import object_name, pod_host, render
+from corral.codepackage import pack
 from corral.errors import SpecError, SubmitError
+from corral.nodelog import first_exit, parse_pod_log
 from corral.spec import JobSpec
 
 REPO = Path(__file__).resolve().parents[1]

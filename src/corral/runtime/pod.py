@@ -229,34 +229,32 @@ def serve_mpirun(rank: int, nodes: int, rsh: dict[str, Any], log_dir: str, run_d
     return finish_node(rank, code, relay, run_dir, out)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    with open(args[0], encoding="utf-8") as handle:
-        plan = json.load(handle)
-    out = sys.stdout
-    rank = node_rank(plan, dict(os.environ))
-    node = plan["nodes"][rank]
-    run_dir, log_dir, workdir = plan["run_dir"], plan["log_dir"], plan["workdir"]
+def prepare(run_dir: str, log_dir: str, workdir: str, package: str | None,
+            payload: str | None) -> None:
+    """The node's folders, its unpacked code package and a function job's payload."""
     for folder in (run_dir, log_dir, workdir):
         os.makedirs(folder, exist_ok=True)
-    package = os.path.join(os.path.dirname(os.path.abspath(args[0])), "code.tar.gz")
-    if plan.get("package_url"):
-        package = fetch(plan["package_url"], os.path.join(run_dir, "code.tar.gz"))
-    if plan.get("package") and os.path.exists(package):
+    if package and os.path.exists(package):
         unpack(package, workdir)
-    payload = os.path.join(os.path.dirname(os.path.abspath(args[0])), "function.pkl")
-    if os.path.exists(payload):
+    if payload and os.path.exists(payload):
         Path(run_dir, "function.pkl").write_bytes(Path(payload).read_bytes())
+
+
+def run_node(rank: int, nodes: int, node: dict[str, Any], *, run_dir: str, log_dir: str,
+             workdir: str, grace: float, rsh: dict[str, Any] | None = None,
+             out: IO[str] | None = None) -> int:
+    """Run this node's processes (as rendered for it) through the node agent, relaying their
+    labelled lines to ``out``; return the node's exit code."""
+    out = out or sys.stdout
     for path, text in node.get("files", {}).items():
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(text, encoding="utf-8")
     node_plan = os.path.join(run_dir, f"node-{rank}.json")
-    Path(node_plan).write_text(json.dumps({**node, "log_dir": log_dir,
-                                           "grace": plan.get("grace", 10)}), encoding="utf-8")
-    rsh = plan.get("rsh")
+    Path(node_plan).write_text(json.dumps({**node, "log_dir": log_dir, "grace": grace}),
+                               encoding="utf-8")
     if rsh and not node["processes"]:  # mpirun on node 0 starts this node's ranks
-        return serve_mpirun(rank, len(plan["nodes"]), rsh, log_dir, run_dir, out)
-    say(out, f"node {rank} of {len(plan['nodes'])} on {os.uname().nodename}: starting "
+        return serve_mpirun(rank, nodes, rsh, log_dir, run_dir, out)
+    say(out, f"node {rank} of {nodes} on {os.uname().nodename}: starting "
         f"{len(node['processes'])} process(es)")
     agent, events = start_agent(node_plan, workdir, os.path.join(log_dir, f"node-{rank}.log"))
     signal.signal(signal.SIGTERM, lambda *_: _signal(agent, signal.SIGTERM))
@@ -281,6 +279,24 @@ def main(argv: list[str] | None = None) -> int:
         failed = int(first_failure["returncode"])
         code = failed if failed > 0 else 128 - failed
     return finish_node(rank, code, relay, run_dir, out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    with open(args[0], encoding="utf-8") as handle:
+        plan = json.load(handle)
+    rank = node_rank(plan, dict(os.environ))
+    run_dir, log_dir, workdir = plan["run_dir"], plan["log_dir"], plan["workdir"]
+    here = os.path.dirname(os.path.abspath(args[0]))
+    package = os.path.join(here, "code.tar.gz")
+    os.makedirs(run_dir, exist_ok=True)
+    if plan.get("package_url"):
+        package = fetch(plan["package_url"], os.path.join(run_dir, "code.tar.gz"))
+    prepare(run_dir, log_dir, workdir, package if plan.get("package") else None,
+            os.path.join(here, "function.pkl"))
+    return run_node(rank, len(plan["nodes"]), plan["nodes"][rank], run_dir=run_dir,
+                    log_dir=log_dir, workdir=workdir, grace=plan.get("grace", 10),
+                    rsh=plan.get("rsh"))
 
 
 if __name__ == "__main__":

@@ -17,9 +17,11 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from corral.backends.base import Backend, Capabilities, JobRef, Plan, check_workdir
+from corral.codepackage import pack, upload
 from corral.errors import BackendError, SubmitError
 from corral.launchers.failures import parse_mpirun, parse_torchrun
 from corral.logs import LogSource
+from corral.nodelog import first_exit, parse_pod_log
 from corral.rundir import new_job_id
 from corral.runtime.procs import describe_returncode
 from corral.spec import Function, JobSpec, JobState
@@ -28,9 +30,7 @@ from corral.store import JobRecord, Observation, Store
 
 from .api import KINDS, ApiError, Kind, KubeApi, resolve_kubeconfig
 from .observe import (
-    first_exit,
     kueue_reason,
-    parse_pod_log,
     pending_reason,
     pod_index,
     podgroup_reason,
@@ -40,7 +40,6 @@ from .observe import (
     workload_state,
 )
 from .options import KubernetesOptions
-from .package import pack, upload
 from .render import (
     JOB_ID_ANNOTATION,
     JOB_LABEL,

@@ -2,24 +2,18 @@
 
 The client lists pods and workloads once per poll; these read them: which node a pod runs,
 a workload's final state, why a job waits (the scheduler, Volcano's PodGroup, Kueue's
-Workload), and the labelled lines of a pod's log (see :mod:`corral.runtime.pod`).
+Workload), (a pod's labelled log is read by :mod:`corral.nodelog`).
 """
 
 from __future__ import annotations
 
-import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from corral.jobstate import JobState
-from corral.logs import LogSource
 
 INDEX_KEYS = ("batch.kubernetes.io/job-completion-index", "volcano.sh/task-index")
-# A pod's own lines in its log, as corral.runtime.pod writes them.
-LOG_LINE = re.compile(r"^\[(rank|node|corral|result) ?(\d*)\] ?(.*)$")
-EXIT_LINE = re.compile(r"^(?:rank (\d+)|the launcher of node \d+) exited with code (-?\d+) "
-                       r"at ([\d.]+)")
 WAITING_TROUBLE = ("ImagePullBackOff", "ErrImagePull", "CrashLoopBackOff", "InvalidImageName",
                    "CreateContainerConfigError", "CreateContainerError")
 
@@ -62,36 +56,6 @@ def waiting_trouble(pod: dict[str, Any]) -> tuple[str, str] | None:
         if waiting and waiting.get("reason") in WAITING_TROUBLE:
             return waiting["reason"], waiting.get("message", "")
     return None
-
-
-def parse_pod_log(lines: Sequence[str], pod_node: int) -> Iterator[tuple[LogSource, str]]:
-    """A pod's log as (source, line): ``[rank N]`` lines belong to rank N; ``[node N]`` and
-    ``[corral]`` lines to the node; results and unlabelled lines are not shown."""
-    for line in lines:
-        match = LOG_LINE.match(line)
-        if not match or match.group(1) == "result":
-            continue
-        kind, number, text = match.groups()
-        if kind == "rank":
-            yield LogSource("rank", int(number)), text
-        else:
-            yield LogSource("node", int(number) if number else pod_node), text
-
-
-def first_exit(lines: Sequence[str], pod_node: int) -> tuple[float, int | None, int] | None:
-    """(when, rank or None for a launcher, exit code) of the first failure a pod reported."""
-    for source, text in parse_pod_log(lines, pod_node):
-        match = EXIT_LINE.match(text) if source.kind == "node" else None
-        if match:
-            rank = int(match.group(1)) if match.group(1) else None
-            return float(match.group(3)), rank, int(match.group(2))
-    return None
-
-
-
-
-
-
 
 
 def workload_state(flavour: str, workload: dict[str, Any]) -> tuple[JobState | None, str]:

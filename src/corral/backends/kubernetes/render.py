@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from corral.errors import SpecError
-from corral.launchers import NodeContext, get_launcher
+from corral.launchers import NodeContext
 from corral.launchers.base import SHIM_NAME
+from corral.launchers.nodeplan import node_entry
 from corral.spec import Function, JobSpec, Script
 
 from .options import KubernetesOptions
@@ -289,20 +290,11 @@ def node_plans(spec: JobSpec, options: KubernetesOptions, flavour: str, name: st
             node_rank=node_rank, hosts=hosts, master_port=options.master_port, rdzv_id=job_id,
             run_dir=RUN_DIR, job_id=job_id, backend="kubernetes", python=options.python,
             log_dir=None if spec.launcher == "none" else LOG_DIR)
-        launch = get_launcher(spec.launcher).render_node(spec, ctx)
-        threads: dict[str, str] = {}
-        if "OMP_NUM_THREADS" not in spec.env and spec.resources.cpus:
-            threads["OMP_NUM_THREADS"] = str(max(1, int(spec.resources.cpus
-                                                        // spec.procs_per_node)))
-        processes = [{"argv": list(p.argv), "env": {**dict(p.env), **threads},
-                      "rank": p.rank, "local_rank": p.local_rank, "log": p.log_name}
-                     for p in launch.processes]
+        entry = node_entry(spec, ctx)
         if spec.launcher == "mpirun":
-            processes = [_through_corral_rsh(p, options, rsh_token) for p in processes]
-        nodes.append({
-            "node_rank": node_rank, "mode": "exec", "preload": [], "target": None,
-            "files": dict(launch.files), "processes": processes,
-        })
+            entry["processes"] = [_through_corral_rsh(p, options, rsh_token)
+                                  for p in entry["processes"]]
+        nodes.append(entry)
     return nodes
 
 

@@ -1,8 +1,9 @@
-"""The code package: the working directory as a gzipped tar, shipped in the job's ConfigMap.
+"""The code package: the working directory as a gzipped tar, shipped with a job that runs in
+containers (a Kubernetes ConfigMap, or object storage for Kubernetes and the cloud services).
 
 The same files as a Slurm snapshot (:mod:`corral.snapshot`: git's view of the tree, or
-everything but caches and virtual environments). Kubernetes keeps an object under 1 MiB,
-so the package is for code, not data: a larger one is refused, saying what to leave out.
+everything but caches and virtual environments). The package is for code, not data: one over
+its limit is refused, saying what to leave out.
 """
 
 from __future__ import annotations

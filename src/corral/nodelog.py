@@ -1,0 +1,55 @@
+"""A node's labelled log: what :mod:`corral.runtime.pod` (and so every node of a Kubernetes
+pod or a cloud batch container) writes to its one output stream.
+
+``[rank N] text`` is rank N's line, ``[node N] text`` the node agent's or launcher's own,
+``[corral] text`` corral's news of the node (``rank 3 exited with code 7 at <time>``), and
+``[result N] <base64>`` a distributed function's result. The engine keeps that stream (a pod
+log, a CloudWatch log stream, a Cloud Logging entry...); these pure functions read it back.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+
+from corral.logs import LogSource
+
+LOG_LINE = re.compile(r"^\[(rank|node|corral|result) ?(\d*)\] ?(.*)$")
+EXIT_LINE = re.compile(r"^(?:rank (\d+)|the launcher of node \d+) exited with code (-?\d+) "
+                       r"at ([\d.]+)")
+
+
+def parse_pod_log(lines: Sequence[str], pod_node: int) -> Iterator[tuple[LogSource, str]]:
+    """A node's log as (source, line): ``[rank N]`` lines belong to rank N; ``[node N]`` and
+    ``[corral]`` lines to the node; results and unlabelled lines are not shown."""
+    for line in lines:
+        match = LOG_LINE.match(line)
+        if not match or match.group(1) == "result":
+            continue
+        kind, number, text = match.groups()
+        if kind == "rank":
+            yield LogSource("rank", int(number)), text
+        else:
+            yield LogSource("node", int(number) if number else pod_node), text
+
+
+def first_exit(lines: Sequence[str], pod_node: int) -> tuple[float, int | None, int] | None:
+    """(when, rank or None for a launcher, exit code) of the first failure a node reported."""
+    for source, text in parse_pod_log(lines, pod_node):
+        match = EXIT_LINE.match(text) if source.kind == "node" else None
+        if match:
+            rank = int(match.group(1)) if match.group(1) else None
+            return float(match.group(3)), rank, int(match.group(2))
+    return None
+
+
+def results(lines: Sequence[str]) -> dict[int, bytes]:
+    """A distributed function's results in a node's log (``[result N] <base64>``)."""
+    import base64
+
+    found: dict[int, bytes] = {}
+    for line in lines:
+        match = LOG_LINE.match(line)
+        if match and match.group(1) == "result" and match.group(2):
+            found[int(match.group(2))] = base64.b64decode(match.group(3))
+    return found
