@@ -24,6 +24,10 @@ BUILTIN: dict[str, str] = {
     "local": "corral.backends.local:LocalBackend",
     "slurm": "corral.backends.slurm:SlurmBackend",
     "kubernetes": "corral.backends.kubernetes:KubernetesBackend",
+    "aws-batch": "corral.backends.aws_batch:AwsBatchBackend",
+    "sagemaker": "corral.backends.sagemaker:SageMakerBackend",
+    "gcp-batch": "corral.backends.gcp_batch:GcpBatchBackend",
+    "azure-batch": "corral.backends.azure_batch:AzureBatchBackend",
 }
 
 
