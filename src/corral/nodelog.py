@@ -53,3 +53,26 @@ def results(lines: Sequence[str]) -> dict[int, bytes]:
         if match and match.group(1) == "result" and match.group(2):
             found[int(match.group(2))] = base64.b64decode(match.group(3))
     return found
+
+
+def first_failed_rank(logs: dict[int, Sequence[str]], launcher: str
+                      ) -> tuple[int, int | None, int | None, list[str]] | None:
+    """From the logs of nodes that failed: (node, rank, exit code, that rank's last lines) of
+    the earliest failure any of them reported; None when none reported one. A launcher that
+    names the failing rank itself (torchrun's root cause, mpirun's first process) is
+    believed over corral's line about the launcher's own exit."""
+    from corral.launchers.failures import first_failure
+
+    exits = sorted((found, node) for node, lines in logs.items()
+                   if (found := first_exit(lines, node)) is not None)
+    if not exits:
+        return None
+    (_, rank, code), node = exits[0]
+    if rank is None:
+        inner = first_failure(launcher, "\n".join(
+            t for s, t in parse_pod_log(logs[node], node) if s.kind == "node"))
+        if inner is not None:
+            rank, code = inner.rank, inner.returncode
+    own = [t for s, t in parse_pod_log(logs[node], node)
+           if rank is None or (s.kind == "rank" and s.number == rank)]
+    return node, rank, code, own[-20:]

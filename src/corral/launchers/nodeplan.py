@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from corral.launchers import NodeContext, get_launcher
-from corral.spec import JobSpec
+from corral.spec import JobSpec, Script
 
 
 def node_entry(spec: JobSpec, ctx: NodeContext) -> dict[str, Any]:
@@ -24,3 +24,14 @@ def node_entry(spec: JobSpec, ctx: NodeContext) -> dict[str, Any]:
                  for p in launch.processes]
     return {"node_rank": ctx.node_rank, "mode": "exec", "preload": [], "target": None,
             "files": dict(launch.files), "processes": processes}
+
+
+def entry_in_container(spec: JobSpec, local_workdir: str, container_workdir: str) -> JobSpec:
+    """A script given by an absolute path inside the working directory runs from the shipped
+    copy of that directory in the container."""
+    entry = spec.entrypoint
+    prefix = local_workdir.rstrip("/") + "/"
+    if isinstance(entry, Script) and entry.path.startswith(prefix):
+        return spec.replace(entrypoint=Script(
+            path=container_workdir.rstrip("/") + "/" + entry.path[len(prefix):]))
+    return spec

@@ -31,7 +31,10 @@ from corral.runtime.cloud_job import ENV_VAR, NodeJob, NodeJobError
 
 
 def read_job(source: str | None, env: dict[str, str]) -> NodeJob:
-    """The description: ``--job PATH|URL``, else ``$CORRAL_JOB``."""
+    """The description: ``--job PATH|URL``, else ``$CORRAL_JOB``, else the file at
+    ``$CORRAL_JOB_URL`` (a description too large for an environment variable)."""
+    if not source and not env.get(ENV_VAR):
+        source = env.get(f"{ENV_VAR}_URL") or None
     if source:
         if "://" in source:
             import tempfile

@@ -29,8 +29,8 @@ from typing import Any
 from corral.errors import SpecError
 from corral.launchers import NodeContext
 from corral.launchers.base import SHIM_NAME
-from corral.launchers.nodeplan import node_entry
-from corral.spec import Function, JobSpec, Script
+from corral.launchers.nodeplan import entry_in_container, node_entry
+from corral.spec import Function, JobSpec
 
 from .options import KubernetesOptions
 
@@ -237,16 +237,6 @@ def _pod_template(meta: dict[str, Any], pod: dict[str, Any]) -> dict[str, Any]:
                          "annotations": dict(meta["annotations"])}, "spec": pod}
 
 
-def _entry_in_pod(spec: JobSpec, local_workdir: str, pod_workdir: str) -> JobSpec:
-    """A script given by an absolute path inside the working directory runs from the
-    package's copy."""
-    entry = spec.entrypoint
-    prefix = local_workdir.rstrip("/") + "/"
-    if isinstance(entry, Script) and entry.path.startswith(prefix):
-        return spec.replace(entrypoint=Script(path=pod_workdir + "/" + entry.path[len(prefix):]))
-    return spec
-
-
 def _through_corral_rsh(proc: dict[str, Any], options: KubernetesOptions,
                         token: str) -> dict[str, Any]:
     """Open MPI's mpirun, told to start its daemons in the other pods through corral's
@@ -330,7 +320,7 @@ def render(spec: JobSpec, *, job_id: str, options: KubernetesOptions,
     package = options.code == "package"
     workdir = WORK_DIR if package else options.image_workdir
     if package:
-        spec = _entry_in_pod(spec, local_workdir, workdir)
+        spec = entry_in_container(spec, local_workdir, workdir)
     queue = spec.queue
     kueue = options.kueue_queue or (queue if flavour != "volcano" else None)
     extra = {KUEUE_QUEUE_LABEL: kueue} if kueue else {}
