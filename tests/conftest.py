@@ -17,6 +17,10 @@ import pytest
 
 PROGRAMS = Path(__file__).parent / "programs"
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+# moto's server (an emulator of AWS) for the AWS backends' tests: fixtures `moto_session`, `moto`
+from infra.moto_server import moto, moto_session  # noqa: E402, F401
 
 
 @pytest.fixture(autouse=True)

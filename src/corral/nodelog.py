@@ -10,7 +10,7 @@ log, a CloudWatch log stream, a Cloud Logging entry...); these pure functions re
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 from corral.logs import LogSource
 
@@ -55,7 +55,7 @@ def results(lines: Sequence[str]) -> dict[int, bytes]:
     return found
 
 
-def first_failed_rank(logs: dict[int, Sequence[str]], launcher: str
+def first_failed_rank(logs: Mapping[int, Sequence[str]], launcher: str | None
                       ) -> tuple[int, int | None, int | None, list[str]] | None:
     """From the logs of nodes that failed: (node, rank, exit code, that rank's last lines) of
     the earliest failure any of them reported; None when none reported one. A launcher that
@@ -69,7 +69,7 @@ def first_failed_rank(logs: dict[int, Sequence[str]], launcher: str
         return None
     (_, rank, code), node = exits[0]
     if rank is None:
-        inner = first_failure(launcher, "\n".join(
+        inner = first_failure(launcher or "none", "\n".join(
             t for s, t in parse_pod_log(logs[node], node) if s.kind == "node"))
         if inner is not None:
             rank, code = inner.rank, inner.returncode
