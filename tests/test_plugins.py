@@ -47,4 +47,5 @@ def test_installed_backend_runs_jobs_by_name(toy_site: Path) -> None:
 def test_unknown_backend_lists_the_installed_ones(toy_site: Path) -> None:
     done = corral(toy_site, "run", "--backend", "nope", "true")
     assert done.returncode == 125
-    assert "accepted: kubernetes, local, slurm, toy" in done.stderr
+    assert ("accepted: aws-batch, azure-batch, gcp-batch, kubernetes, local, sagemaker, slurm, "
+            "toy") in done.stderr
