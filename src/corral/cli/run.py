@@ -98,10 +98,10 @@ _SPEC_OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--memory", help="Memory per node, e.g. 8G."),
     click.option("--gpus", type=float, help="GPUs per node (a fraction such as 0.5 shares "
                  "one GPU in the local queue)."),
-    click.option("--image", help="Container image (Kubernetes; Slurm with a container "
-                 "runtime)."),
+    click.option("--image", help="Container image (Kubernetes, the cloud services; Slurm "
+                 "with a container runtime)."),
     click.option("--queue", help="Queue: the local queue's, a Slurm partition, a Volcano "
-                 "queue, a Kueue LocalQueue."),
+                 "queue, a Kueue LocalQueue, an AWS Batch job queue."),
     click.option("--priority", type=int, help="Priority within the queue (-1000 to 1000)."),
     click.option("--workdir", type=click.Path(file_okay=False), help="Working directory."),
     click.option("-m", "--module", help="Run a Python module (like python -m)."),
