@@ -32,7 +32,7 @@ dist.init_process_group("gloo")
 rank = dist.get_rank()
 if rank == int(os.environ.get("FAIL_RANK", "-1")):
     print(f"rank {rank} gives up", flush=True)
-    sys.exit(3)
+    os.kill(os.getpid(), 9)  # killed, as by the kernel's OOM killer
 t = torch.tensor([float(rank + 1)])
 dist.all_reduce(t)
 print(f"rank {rank} node {os.environ['NODE_RANK']} sum {t.item():g}", flush=True)
@@ -467,7 +467,7 @@ def test_node_contract_2x2_torchrun_on_emulated_nodes(tmp_path: Path) -> None:
 
 def test_node_contract_a_failing_rank_is_named_by_both(moto: MotoServer,
                                                        tmp_path: Path) -> None:
-    """Rank 2 (node 1) exits 3: the local run names node 1; its output, as node 1's
+    """Rank 2 (node 1) is killed: the local run names node 1; its output, as node 1's
     CloudWatch stream, lets corral's per-node describe (fixtures) name rank 2 on node 1."""
     from corral.ports import pick_port
 
@@ -486,7 +486,7 @@ def test_node_contract_a_failing_rank_is_named_by_both(moto: MotoServer,
 
     node_one = [t for s, t in LocalBackend().logs(status.job_id)
                 if s.kind == "rank" and s.number == 1]  # emulated node 1's output
-    assert any(line.startswith("[corral] rank 2 exited with code 3 at") for line in node_one)
+    assert any(line.startswith("[corral] rank 2 exited with code -9 at") for line in node_one)
     described, stub, job_id = stubbed(tmp_path, moto.url)
     seed(moto.url, "corral-x/default/task1", node_one)
     stub.add_response("describe_jobs", {"jobs": [main_job("job-1", "FAILED",
@@ -494,9 +494,10 @@ def test_node_contract_a_failing_rank_is_named_by_both(moto: MotoServer,
                       {"jobs": ["job-1"]})
     stub.add_response("describe_jobs", {"jobs": [
         node_job("job-1", 0, "FAILED", 143, stopped=NOW),
-        node_job("job-1", 1, "FAILED", 3, stopped=NOW - 1000)]},
+        node_job("job-1", 1, "FAILED", 137, stopped=NOW - 1000)]},
         {"jobs": ["job-1#0", "job-1#1"]})
     seen = described.describe_many([described.store.get(job_id)])[job_id]
     assert seen.failure is not None
-    assert (seen.failure.node, seen.failure.rank, seen.failure.returncode) == (1, 2, 3)
+    assert (seen.failure.node, seen.failure.rank, seen.failure.returncode) == (1, 2, -9)
+    assert "signal 9 (SIGKILL)" in seen.failure.reason
     assert "rank 2 gives up" in seen.failure.last_lines
