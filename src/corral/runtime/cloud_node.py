@@ -15,8 +15,9 @@ job, a GCP Batch task group or an Azure Batch multi-instance task. The node:
 5. when a rank fails, stops the node's other ranks and exits with that rank's code, after a
    ``[corral] rank N exited with code C at T`` line that the backend reads to name it.
 
-``CORRAL_NODE_RUN_DIR`` moves this node's run directory (emulated nodes on one machine each
-need their own; on a service every container has its own file system).
+``CORRAL_NODE_RUN_DIR`` and ``CORRAL_NODE_WORKDIR`` move this node's run directory and the
+folder its code package unpacks into (emulated nodes on one machine each need their own; on a
+service every container has its own file system).
 """
 
 from __future__ import annotations
@@ -106,11 +107,12 @@ def main(argv: list[str] | None = None, out: IO[str] | None = None) -> int:
     except (NodeJobError, NodePlaceError) as exc:
         pod.say(out, f"node cannot start: {exc}")
         return 2
-    pod.prepare(run_dir, log_dir, job.workdir, package, payload)
+    workdir = env.get("CORRAL_NODE_WORKDIR") or job.workdir
+    pod.prepare(run_dir, log_dir, workdir, package, payload)
     pod.say(out, f"{service} node {where.service_index} is corral node {where.node_rank} of "
             f"{where.num_nodes}; rendezvous at {where.master_addr}:{job.master_port}")
     return pod.run_node(where.node_rank, where.num_nodes, node, run_dir=run_dir,
-                        log_dir=log_dir, workdir=job.workdir, grace=job.grace, out=out)
+                        log_dir=log_dir, workdir=workdir, grace=job.grace, out=out)
 
 
 if __name__ == "__main__":

@@ -71,11 +71,19 @@ def tail(logs: Any, group: str, stream: str, lines: int = 40) -> list[str]:
 
 
 def streams_with_prefix(logs: Any, group: str, prefix: str) -> Iterator[str]:
-    """The names of a group's streams that start with ``prefix`` (all pages)."""
+    """The names of a group's streams that start with ``prefix`` (all pages); none while the
+    group does not exist."""
+    from botocore.exceptions import ClientError
+
     params: dict[str, Any] = {"logGroupName": group, "logStreamNamePrefix": prefix}
     while True:
-        page = call(f"list CloudWatch log streams {group}/{prefix}*",
-                    logs.describe_log_streams, **params)
+        try:
+            page = logs.describe_log_streams(**params)
+        except ClientError as exc:
+            if error_code(exc) == "ResourceNotFoundException":
+                return
+            page = call(f"list CloudWatch log streams {group}/{prefix}*",  # says why
+                        logs.describe_log_streams, **params)
         for stream in page.get("logStreams", []):
             yield str(stream["logStreamName"])
         if not page.get("nextToken"):

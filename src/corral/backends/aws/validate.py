@@ -24,6 +24,23 @@ def _operation(service: str, operation: str) -> Any:
     return get_session().get_service_model(service).operation_model(operation)
 
 
+# Java-style classes in some models' patterns, which Python's re does not read: letters and
+# digits become \w, separators \s (a little more permissive than the service).
+_JAVA_CLASSES = {r"\p{L}": r"\w", r"\p{N}": r"\w", r"\p{Alnum}": r"\w", r"\p{Z}": r"\s",
+                 r"\p{Punct}": r"!-/:-@\[-`{-~"}
+
+
+@cache
+def _compiled(pattern: str) -> re.Pattern[str] | None:
+    """The model's pattern for Python's re (None when it cannot be read: not checked)."""
+    for java, python in _JAVA_CLASSES.items():
+        pattern = pattern.replace(java, python)
+    try:
+        return re.compile(pattern, flags=re.DOTALL)
+    except re.error:
+        return None
+
+
 def _shown(value: Any) -> Any:
     text = repr(value)
     return value if len(text) <= 80 else text[:77] + "..."
@@ -54,7 +71,8 @@ def _constraints(shape: Any, value: Any, path: str, found: list[tuple[str, Any, 
             found.append((path, _shown(value), f"at most {meta['max']} characters "
                           f"(it has {len(value)})"))
         pattern = meta.get("pattern")
-        if pattern and not re.fullmatch(pattern, value, flags=re.DOTALL):
+        compiled = _compiled(pattern) if pattern else None
+        if compiled is not None and not compiled.fullmatch(value):
             found.append((path, _shown(value), f"a value matching {pattern}"))
     elif (kind in ("integer", "long", "float", "double") and isinstance(value, (int, float))
           and "max" in meta and value > meta["max"]):
