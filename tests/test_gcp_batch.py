@@ -635,6 +635,12 @@ def test_code_package_is_uploaded_before_the_job(fake: FakeGcpBatch, tmp_path: P
         backend.submit(spec(workdir=str(tmp_path), entrypoint={"kind": "script",
                                                               "path": "missing.py"}))
     assert len(sent) == 1
+    removed: list[list[str]] = []
+    monkeypatch.setattr("corral.backends.gcp_batch.client.remove", removed.append)
+    fake.fail_next(403, "Permission denied on resource project", "PERMISSION_DENIED")
+    with pytest.raises(SubmitError):  # the job was refused: its package does not stay
+        backend.submit(spec(workdir=str(tmp_path)))
+    assert len(sent) == 2 and removed == [[sent[1][0]]]
 
 
 def test_missing_sdk_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:

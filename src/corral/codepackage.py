@@ -58,3 +58,20 @@ def pack(workdir: str, *, exclude: Sequence[str] = (), max_kb: float = 900,
             "object storage with -o package_store=s3://BUCKET/PREFIX, or build the code into "
             "the image and use -o code=image")
     return data, list(snap.skipped)
+
+
+def remove(urls: Sequence[str]) -> None:
+    """What a failed submission uploaded (best effort: it is only a copy of the code); a URL
+    that cannot be removed is named in a warning, and the submission's own error follows."""
+    if not urls:
+        return
+    try:
+        import fsspec
+
+        for url in urls:
+            fs, path = fsspec.core.url_to_fs(url)
+            fs.rm(path)
+    except Exception as exc:  # each filesystem has its own errors
+        import sys
+
+        sys.stderr.write(f"corral: warning: could not remove {', '.join(urls)}: {exc}\n")

@@ -17,6 +17,7 @@ from typing import Any
 from corral.backends.aws.cloudwatch import StreamFollower, tail
 from corral.backends.aws.session import call, client
 from corral.backends.base import Backend, Capabilities, JobRef, Plan, check_workdir
+from corral.codepackage import remove
 from corral.errors import SubmitError
 from corral.logs import LogSource
 from corral.nodelog import first_failed_rank, parse_pod_log, results
@@ -135,7 +136,7 @@ class AwsBatchBackend(Backend):
                         self._client("batch").submit_job, error=SubmitError,
                         **{**plan.submit_job, "jobDefinition": arn})
         except BaseException:
-            _remove(uploaded)  # nothing half-submitted stays
+            remove(uploaded)  # nothing half-submitted stays
             raise
         return str(made["jobId"])
 
@@ -337,20 +338,3 @@ class AwsBatchBackend(Backend):
 
 def _seconds(millis: Any) -> float | None:
     return float(millis) / 1000 if isinstance(millis, int | float) and millis else None
-
-
-def _remove(urls: list[str]) -> None:
-    """What a failed submission uploaded (best effort: it is only a copy of the code)."""
-    if not urls:
-        return
-    try:
-        import fsspec
-
-        for url in urls:
-            fs, path = fsspec.core.url_to_fs(url)
-            fs.rm(path)
-    except Exception as exc:  # say so; the submission's own error follows
-        sys.stderr.write(f"corral: warning: could not remove {', '.join(urls)}: {exc}\n")
-
-
-

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from corral.backends.base import Backend, Capabilities, JobRef, Plan, check_workdir
-from corral.codepackage import pack, upload
+from corral.codepackage import pack, remove, upload
 from corral.errors import BackendError, CorralError, SubmitError
 from corral.logs import LogSource
 from corral.rundir import new_job_id
@@ -193,8 +193,13 @@ class GcpBatchBackend(Backend):
         request = to_request(plan.request)
         if plan.package_url:
             self._upload_package(plan)
-        job = self._call(f"create the GCP Batch job {plan.name} in {plan.parent}",
-                         lambda: self.client.create_job(request=request), submit=True)
+        try:
+            job = self._call(f"create the GCP Batch job {plan.name} in {plan.parent}",
+                             lambda: self.client.create_job(request=request), submit=True)
+        except BaseException:
+            if plan.package_url:
+                remove([plan.package_url])  # nothing half-submitted stays
+            raise
         return str(job.name)
 
     # -- describe -------------------------------------------------------------------------
