@@ -290,7 +290,7 @@ def main_job(engine: str, status: str, reason: str = "") -> dict[str, Any]:
     return job
 
 
-def stubbed(tmp_path: Path, moto_url: str, nodes: int = 2
+def stubbed(tmp_path: Path, moto_url: str, nodes: int = 2, launcher: str = "torchrun"
             ) -> tuple[AwsBatchBackend, Stubber, str]:
     """A backend whose Batch answers come from fixtures and whose logs come from moto's
     CloudWatch Logs (seeded by the test)."""
@@ -305,7 +305,8 @@ def stubbed(tmp_path: Path, moto_url: str, nodes: int = 2
     aws = backend(clients={"batch": batch, "logs": logs}, poll_seconds=0.1,
                   log_group="/corral/test")
     (tmp_path / "train.py").write_text("")
-    ref = aws.submit(spec(nodes=nodes, procs_per_node=2, workdir=str(tmp_path)))
+    ref = aws.submit(spec(nodes=nodes, procs_per_node=2, workdir=str(tmp_path),
+                          launcher=launcher))
     return aws, stub, ref.job_id
 
 
@@ -403,10 +404,15 @@ def test_logs_page_and_follow(moto: MotoServer, tmp_path: Path,
     aws, stub, job_id = stubbed(tmp_path, moto.url)
     seed(moto.url, "corral-x/default/task0", [f"[rank {i % 2}] line {i}" for i in range(30)])
     seed(moto.url, "corral-x/default/task1", ["[rank 3] on node 1"])
-    stub.add_response("describe_jobs", {"jobs": [node_job("job-1", 1, "RUNNING")]},
-                      {"jobs": ["job-1#1"]})
+    stub.add_response("describe_jobs", {"jobs": [node_job("job-1", i, "RUNNING")
+                                                 for i in range(2)]},
+                      {"jobs": ["job-1#0", "job-1#1"]})  # torchrun: any node may hold rank 3
     assert [(s.kind, s.number, t) for s, t in aws.logs(job_id, rank=3)] == [
         ("rank", 3, "on node 1")]
+    launcher_none, stub_none, none_id = stubbed(tmp_path, moto.url, launcher="none")
+    stub_none.add_response("describe_jobs", {"jobs": [node_job("job-1", 1, "RUNNING")]},
+                           {"jobs": ["job-1#1"]})  # a rank's own node, and only that one
+    assert [t for _, t in launcher_none.logs(none_id, rank=3)] == ["on node 1"]
     stub.add_response("describe_jobs", {"jobs": [node_job("job-1", i, "RUNNING")
                                                  for i in range(2)]},
                       {"jobs": ["job-1#0", "job-1#1"]})

@@ -76,3 +76,13 @@ def first_failed_rank(logs: Mapping[int, Sequence[str]], launcher: str | None
     own = [t for s, t in parse_pod_log(logs[node], node)
            if rank is None or (s.kind == "rank" and s.number == rank)]
     return node, rank, code, own[-20:]
+
+
+def nodes_to_read(nodes: int, procs_per_node: int, launcher: str | None,
+                  rank: int | None) -> list[int]:
+    """The nodes whose logs may hold ``rank``'s lines (every node for ``None``). A rank lives
+    on node ``rank // procs_per_node``, except under torchrun, whose c10d rendezvous numbers
+    the nodes in its own order (``--node-rank`` is ignored): then any node may hold it."""
+    if rank is None or launcher == "torchrun":
+        return list(range(nodes))
+    return [rank // procs_per_node]

@@ -20,7 +20,7 @@ from corral.backends.base import Backend, Capabilities, JobRef, Plan, check_work
 from corral.codepackage import remove
 from corral.errors import SubmitError
 from corral.logs import LogSource
-from corral.nodelog import first_failed_rank, parse_pod_log, results
+from corral.nodelog import first_failed_rank, nodes_to_read, parse_pod_log, results
 from corral.rundir import new_job_id
 from corral.runtime.procs import describe_returncode
 from corral.spec import Function, JobSpec, JobState
@@ -283,8 +283,7 @@ class AwsBatchBackend(Backend):
         """Every rank's lines (or one rank's), from the nodes' CloudWatch streams."""
         record = self.store.get(job_id)
         self.check_rank(record, rank)
-        nodes = [rank // record.procs_per_node] if rank is not None else list(
-            range(record.nodes))
+        nodes = nodes_to_read(record.nodes, record.procs_per_node, record.launcher, rank)
         return self._stream_logs(record, nodes, rank, follow)
 
     def _stream_logs(self, record: JobRecord, wanted_nodes: list[int], rank: int | None,

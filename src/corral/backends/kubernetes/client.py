@@ -21,7 +21,7 @@ from corral.codepackage import pack, upload
 from corral.errors import BackendError, SubmitError
 from corral.launchers.failures import parse_mpirun, parse_torchrun
 from corral.logs import LogSource
-from corral.nodelog import first_exit, parse_pod_log
+from corral.nodelog import first_exit, nodes_to_read, parse_pod_log
 from corral.rundir import new_job_id
 from corral.runtime.procs import describe_returncode
 from corral.spec import Function, JobSpec, JobState
@@ -422,8 +422,7 @@ class KubernetesBackend(Backend):
         """Every rank's lines (or one rank's), from the pods' logs, labelled."""
         record = self.store.get(job_id)
         self.check_rank(record, rank)
-        nodes = [rank // record.procs_per_node] if rank is not None else list(
-            range(record.nodes))
+        nodes = nodes_to_read(record.nodes, record.procs_per_node, record.launcher, rank)
         return self._pod_logs(record, nodes, rank, follow)
 
     def _pod_logs(self, record: JobRecord, nodes: list[int], rank: int | None,

@@ -23,7 +23,7 @@ from corral.codepackage import pack
 from corral.errors import BackendError, SubmitError
 from corral.jobstate import JobState
 from corral.logs import LogSource
-from corral.nodelog import first_failed_rank, parse_pod_log, results
+from corral.nodelog import first_failed_rank, nodes_to_read, parse_pod_log, results
 from corral.rundir import new_job_id
 from corral.runtime.procs import describe_returncode
 from corral.spec import Function, JobSpec
@@ -315,8 +315,7 @@ class SageMakerBackend(Backend):
         """Every rank's lines (or one rank's), from the instances' CloudWatch streams."""
         record = self.store.get(job_id)
         self.check_rank(record, rank)
-        nodes = ({rank // record.procs_per_node} if rank is not None
-                 else set(range(record.nodes)))
+        nodes = set(nodes_to_read(record.nodes, record.procs_per_node, record.launcher, rank))
         return self._stream_logs(record, nodes, rank, follow)
 
     def _stream_logs(self, record: JobRecord, nodes: set[int], rank: int | None,
