@@ -13,6 +13,8 @@ CorralError
  │    └── StoreError      the job store cannot be opened, read or written (corral.store)
  │         └── DuplicateJob
  ├── IllegalTransition    a state change the state machine refuses (corral.states)
+ ├── NodeStartError       a cloud node cannot start: the service's variables or files, or the
+ │                        job's description, do not say what to run (corral.runtime.cloud_node)
  └── JobFailed            the job ran and did not succeed (state, first failing rank)
       ├── RankError       a distributed function raised on a rank (rank, node, traceback)
       └── ResultUnreadable  a rank's return value or exception cannot be unpickled here
@@ -20,7 +22,8 @@ CorralError
 Exit codes of the ``corral`` command: a job's own exit code passes through unchanged;
 corral's own failures (any CorralError other than JobFailed: a bad spec, a failed
 submission, an engine that cannot be reached) exit 125, as ``docker run`` does; 124 is a
-``corral wait --timeout`` that ran out; 130 an interrupted command.
+``corral wait --timeout`` that ran out; 130 an interrupted command. A cloud batch node
+(``python -m corral.runtime.cloud_node``) that cannot start exits 2, saying why in its log.
 """
 
 from __future__ import annotations
@@ -33,6 +36,10 @@ if TYPE_CHECKING:
 
 class CorralError(Exception):
     """Root of every error corral raises on purpose."""
+
+
+class NodeStartError(CorralError):
+    """A cloud node cannot start: where it stands, or what to run, is not known."""
 
 
 class SpecError(CorralError, ValueError):

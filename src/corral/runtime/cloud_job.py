@@ -18,6 +18,8 @@ import zlib
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from corral.errors import NodeStartError
+
 VERSION = 1
 ENV_VAR = "CORRAL_JOB"
 PREFIX = "z1:"
@@ -31,7 +33,7 @@ MASTER_ONLY_LAUNCHERS = ("none", "torchrun", "jax")
 ALL_HOSTS_LAUNCHERS = (*MASTER_ONLY_LAUNCHERS, "tensorflow")
 
 
-class NodeJobError(Exception):
+class NodeJobError(NodeStartError):
     """A job description that this corral cannot read."""
 
 
