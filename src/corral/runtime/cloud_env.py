@@ -4,7 +4,8 @@ Each service starts the same container on every node of a gang and says, in its 
 which node this is and how to reach the others. These pure functions turn those words into
 one :class:`NodePlace`: corral's node rank (the rendezvous node is always node 0), the
 number of nodes, the rendezvous address, and every node's address where the service gives
-them. Standard library (and corral's exception tree) only: this runs in the job's image before anything else.
+them. Standard library (and corral's exception tree) only: this runs in the job's image
+before anything else.
 
 ===========  =====================================================  =========================
 service      this node / the nodes                                  rendezvous (node 0)
