@@ -6,18 +6,17 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 
 from corral.backends.aws.session import AwsConnection
-from corral.errors import SpecError
-from corral.spec import _nul_problems, spec_error_from
+from corral.backends.typed_options import BackendOptions, key_value_pairs
 
 _ARN = r"^arn:aws[a-z-]*:[a-z0-9-]+:[a-z0-9-]*:\d{12}:\S+$"
 _ROLE = r"^arn:aws[a-z-]*:iam::\d{12}:role/\S+$"
 
 
-class AwsBatchOptions(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class AwsBatchOptions(BackendOptions):
+    backend_name = "aws-batch"
 
     region: str | None = Field(default=None, pattern=r"^[a-z]{2}(-[a-z]+)+-\d$")
     profile: str | None = None
@@ -48,29 +47,12 @@ class AwsBatchOptions(BaseModel):
     stop_grace: int = Field(default=10, ge=1, le=300)  # SIGTERM to SIGKILL in a node
     poll_seconds: float = Field(default=10.0, gt=0)  # the least time between two looks
 
-    def __init__(self, **data: Any) -> None:
-        problems = _nul_problems(data, "")
-        if problems:
-            raise SpecError([(f"aws-batch.{field}", value, why)
-                             for field, value, why in problems])
-        try:
-            super().__init__(**data)
-        except ValidationError as exc:
-            raise spec_error_from(exc, AwsBatchOptions, prefix="aws-batch.") from None
-
     @field_validator("tags", mode="before")
     @classmethod
     def _tags(cls, value: Any) -> Any:
-        if isinstance(value, dict):
+        if isinstance(value, dict):  # as it is: a value that is not a string is refused
             return value
-        items = [value] if isinstance(value, str) else list(value or ())
-        found: dict[str, str] = {}
-        for item in items:
-            key, sep, val = str(item).partition("=")
-            if not sep or not key:
-                raise ValueError(f"{item!r}: write KEY=VALUE (e.g. team=vision)")
-            found[key] = val
-        return found
+        return key_value_pairs(value, "each tag", usage="write KEY=VALUE (e.g. team=vision)")
 
     @field_validator("tags")
     @classmethod

@@ -13,10 +13,10 @@ import os
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, field_validator
 
-from corral.errors import SpecError
-from corral.spec import _nul_problems, parse_duration, spec_error_from
+from corral.backends.typed_options import BackendOptions
+from corral.spec import parse_duration
 
 # Azure Batch ids (jobs, tasks, pools): letters, digits, hyphens and underscores, at most 64.
 AZURE_ID = r"^[A-Za-z0-9_-]{1,64}$"
@@ -25,10 +25,10 @@ NAME_ENV = "AZURE_BATCH_ACCOUNT"
 KEY_ENVS = ("AZURE_BATCH_ACCOUNT_KEY", "AZURE_BATCH_ACCESS_KEY")
 
 
-class AzureBatchOptions(BaseModel):
+class AzureBatchOptions(BackendOptions):
     """What a platform engineer sets once (in a profile) and researchers never see."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    backend_name = "azure-batch"
 
     # The account: https://ACCOUNT.REGION.batch.azure.com (http://127.0.0.1:PORT for a fake).
     account_url: str | None = Field(default=None, pattern=r"^https?://[^\s/?#]+/?$")
@@ -57,16 +57,6 @@ class AzureBatchOptions(BaseModel):
     retention: float | None = None
     max_task_retry_count: int = Field(default=0, ge=-1, le=100)
     elevation: Literal["nonadmin", "admin"] = "nonadmin"
-
-    def __init__(self, **data: Any) -> None:
-        problems = _nul_problems(data, "")
-        if problems:
-            raise SpecError([(f"azure-batch.{field}", value, why)
-                             for field, value, why in problems])
-        try:
-            super().__init__(**data)
-        except ValidationError as exc:
-            raise spec_error_from(exc, AzureBatchOptions, prefix="azure-batch.") from None
 
     @field_validator("max_wall_clock", "retention", mode="before")
     @classmethod

@@ -11,10 +11,9 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 
-from corral.errors import SpecError
-from corral.spec import _nul_problems, spec_error_from
+from corral.backends.typed_options import BackendOptions, key_value_pairs
 
 # GCP label rules: keys start with a lowercase letter; keys and values hold lowercase letters,
 # digits, "-" and "_", at most 63 characters; values may be empty.
@@ -31,24 +30,10 @@ _SUBNETWORK = (r"^(projects/[a-z][a-z0-9-]*/)?regions/[a-z]+-[a-z]+[0-9]+/subnet
 _EMAIL = r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$"
 
 
-def _pairs(value: Any) -> dict[str, str]:
-    """A mapping from a dict, or from ``k=v`` strings (one or a list)."""
-    if isinstance(value, dict):
-        return {str(k): str(v) for k, v in value.items()}
-    items = [value] if isinstance(value, str) else list(value or ())
-    found: dict[str, str] = {}
-    for item in items:
-        key, sep, val = str(item).partition("=")
-        if not sep or not key:
-            raise ValueError(f"{item!r}: write each label as KEY=VALUE")
-        found[key] = val
-    return found
-
-
-class GcpBatchOptions(BaseModel):
+class GcpBatchOptions(BackendOptions):
     """What a platform engineer sets once (in a profile) and researchers never see."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    backend_name = "gcp-batch"
 
     # Where: the job is created under projects/PROJECT/locations/LOCATION (a region).
     project: str | None = Field(default=None, pattern=_PROJECT)
@@ -86,20 +71,10 @@ class GcpBatchOptions(BaseModel):
     # A plain http:// endpoint is sent no credentials (anonymous: tests and emulators only).
     api_endpoint: str | None = Field(default=None, pattern=r"^https?://[A-Za-z0-9.-]+(:\d+)?/?$")
 
-    def __init__(self, **data: Any) -> None:
-        problems = _nul_problems(data, "")
-        if problems:
-            raise SpecError([(f"gcp-batch.{field}", value, why)
-                             for field, value, why in problems])
-        try:
-            super().__init__(**data)
-        except ValidationError as exc:
-            raise spec_error_from(exc, GcpBatchOptions, prefix="gcp-batch.") from None
-
     @field_validator("labels", mode="before")
     @classmethod
     def _labels(cls, value: Any) -> dict[str, str]:
-        found = _pairs(value)
+        found = key_value_pairs(value, "each label")
         for key, val in found.items():
             if not LABEL_KEY.match(key) or key.startswith(RESERVED_LABEL_PREFIX):
                 raise ValueError(f"{key!r} is not a valid GCP label key: a lowercase letter, "

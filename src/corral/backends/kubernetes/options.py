@@ -10,10 +10,9 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from corral.errors import SpecError
-from corral.spec import _nul_problems, spec_error_from
+from corral.backends.typed_options import BackendOptions, key_value_pairs
 
 Flavour = Literal["volcano", "jobset", "job"]
 # RFC 1123 label (namespaces, queue names, service accounts...)
@@ -82,24 +81,10 @@ class Volume(BaseModel):
                    read_only=read_only)
 
 
-def _pairs(value: Any, what: str) -> dict[str, str]:
-    """A mapping from a dict, or from ``k=v`` strings (one or a list)."""
-    if isinstance(value, dict):
-        return {str(k): str(v) for k, v in value.items()}
-    items = [value] if isinstance(value, str) else list(value or ())
-    found: dict[str, str] = {}
-    for item in items:
-        key, sep, val = str(item).partition("=")
-        if not sep or not key:
-            raise ValueError(f"{item!r}: write {what} as KEY=VALUE")
-        found[key] = val
-    return found
-
-
-class KubernetesOptions(BaseModel):
+class KubernetesOptions(BackendOptions):
     """What a platform engineer sets once (in a profile) and researchers never see."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    backend_name = "kubernetes"
 
     flavour: Flavour = "volcano"
     kubeconfig: str | None = None  # default: $KUBECONFIG, then ~/.kube/config
@@ -134,20 +119,10 @@ class KubernetesOptions(BaseModel):
     # The least time between two looks at the cluster, shared by every corral process here.
     poll_seconds: float = Field(default=1.0, gt=0)
 
-    def __init__(self, **data: Any) -> None:
-        problems = _nul_problems(data, "")
-        if problems:
-            raise SpecError([(f"kubernetes.{field}", value, why)
-                             for field, value, why in problems])
-        try:
-            super().__init__(**data)
-        except ValidationError as exc:
-            raise spec_error_from(exc, KubernetesOptions, prefix="kubernetes.") from None
-
     @field_validator("node_selector", "labels", "annotations", mode="before")
     @classmethod
     def _mapping(cls, value: Any) -> dict[str, str]:
-        found = _pairs(value, "each entry")
+        found = key_value_pairs(value, "each entry")
         for key in found:
             if not _QUALIFIED.match(key):
                 raise ValueError(f"{key!r} is not a valid key (e.g. example.com/team)")

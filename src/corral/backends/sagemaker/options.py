@@ -11,34 +11,20 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
 from corral.backends.aws.session import AwsConnection
-from corral.errors import SpecError
-from corral.spec import _nul_problems, parse_duration, spec_error_from
+from corral.backends.typed_options import BackendOptions, key_value_pairs
+from corral.spec import parse_duration, spec_error_from
 
 S3_URI = r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/\S*)?$"
 ROLE_ARN = r"^arn:aws[a-z\-]*:iam::\d{12}:role/?[a-zA-Z_0-9+=,.@\-_/]+$"
 
 
-def _pairs(value: Any, what: str) -> dict[str, str]:
-    """A mapping from a dict, or from ``k=v`` strings (one or a list)."""
-    if isinstance(value, dict):
-        return {str(k): str(v) for k, v in value.items()}
-    items = [value] if isinstance(value, str) else list(value or ())
-    found: dict[str, str] = {}
-    for item in items:
-        key, sep, val = str(item).partition("=")
-        if not sep or not key:
-            raise ValueError(f"{item!r}: write {what} as KEY=VALUE")
-        found[key] = val
-    return found
-
-
-class SageMakerOptions(BaseModel):
+class SageMakerOptions(BackendOptions):
     """What a platform engineer sets once (in a profile) and researchers never see."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    backend_name = "sagemaker"
 
     # Which AWS answers (see AwsConnection): default region and credentials as boto3 finds them.
     region: str | None = None
@@ -80,14 +66,7 @@ class SageMakerOptions(BaseModel):
     poll_seconds: float = Field(default=10.0, gt=0)
 
     def __init__(self, **data: Any) -> None:
-        problems = _nul_problems(data, "")
-        if problems:
-            raise SpecError([(f"sagemaker.{field}", value, why)
-                             for field, value, why in problems])
-        try:
-            super().__init__(**data)
-        except ValidationError as exc:
-            raise spec_error_from(exc, SageMakerOptions, prefix="sagemaker.") from None
+        super().__init__(**data)
         try:
             AwsConnection(region=self.region, profile=self.profile,
                           endpoint_url=self.endpoint_url)
@@ -102,7 +81,7 @@ class SageMakerOptions(BaseModel):
     @field_validator("hyperparameters", "tags", mode="before")
     @classmethod
     def _mapping(cls, value: Any) -> dict[str, str]:
-        return _pairs(value, "each entry")
+        return key_value_pairs(value, "each entry")
 
     @field_validator("tags")
     @classmethod

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 
-from corral.errors import SpecError
-from corral.spec import _nul_problems, spec_error_from
+from corral.backends.typed_options import BackendOptions
 
 _NAME = r"^[A-Za-z0-9_.+-]+$"
 _ARRAY = re.compile(r"^\d+(-\d+(:\d+)?)?(,\d+(-\d+(:\d+)?)?)*(%\d+)?$")
@@ -18,10 +17,10 @@ _DEPENDENCY = re.compile(
 )
 
 
-class SlurmOptions(BaseModel):
+class SlurmOptions(BackendOptions):
     """What a platform engineer sets once (in a profile) and researchers never see."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    backend_name = "slurm"
 
     partition: str | None = Field(default=None, pattern=_NAME)
     account: str | None = Field(default=None, pattern=_NAME)
@@ -54,15 +53,6 @@ class SlurmOptions(BaseModel):
     # corral.runtime.sampler); 0: not at all. Not inside a container. Off unless asked for:
     # on the test cluster a node's slurmd once died launching the two steps together.
     profile_seconds: float = Field(default=0.0, ge=0, le=3600)
-
-    def __init__(self, **data: Any) -> None:
-        problems = _nul_problems(data, "")
-        if problems:
-            raise SpecError([(f"slurm.{field}", value, why) for field, value, why in problems])
-        try:
-            super().__init__(**data)
-        except ValidationError as exc:
-            raise spec_error_from(exc, SlurmOptions, prefix="slurm.") from None
 
     @field_validator("array")
     @classmethod
