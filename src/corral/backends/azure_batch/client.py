@@ -9,30 +9,29 @@ while it runs). Once the task has ended, every node's output is read once: the p
 API, to name the rank that failed first. What describe can see of a worker without its log:
 the subtask's state, exit code and failure info, which speak of its coordination command (it
 returned 0 at the start) and of Azure's own trouble (a node lost), not of corral's agent.
+What those answers mean is :mod:`.observe`'s (pure); the SDK's client and its errors are
+:mod:`.sdk`'s.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import os
-import re
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, TypeVar
 
 from corral.backends.base import Backend, Capabilities, JobRef, Plan, check_workdir
-from corral.errors import BackendError, CorralError, MissingDependency, SpecError, SubmitError
+from corral.errors import BackendError, CorralError, SubmitError
 from corral.logs import LogSource
 from corral.nodelog import first_exit, parse_pod_log, results
 from corral.rundir import new_job_id
-from corral.spec import Function, JobSpec, JobState
-from corral.status import Failure, RankStatus
+from corral.spec import Function, JobSpec
+from corral.status import Failure
 from corral.store import JobRecord, Observation, Store
 
+from . import observe
+from .observe import NodeLog
 from .options import AzureBatchOptions
 from .render import (
     JOB_ID_METADATA,
@@ -43,31 +42,12 @@ from .render import (
     azure_job_id,
     render,
 )
+from .sdk import error_code, http_status, make_client, sdk_error
 from .validate import check_plan
 
-CANCEL_REASON = "corral: cancelled"
 STOPPED_ALREADY = {"JobNotFound", "JobCompleted", "JobBeingTerminated", "JobBeingDeleted",
                    "JobTerminating"}
-_PLACE = re.compile(r"^\[corral\] azure-batch node (\d+) is corral node (\d+) of \d+")
 T = TypeVar("T")
-
-
-def _value(state: Any) -> str:
-    """An SDK enum (or a plain string) as its wire value."""
-    return str(getattr(state, "value", state) or "")
-
-
-def _stamp(when: datetime | None) -> float | None:
-    return when.timestamp() if when is not None else None
-
-
-@dataclass(frozen=True)
-class NodeLog:
-    """One node's output: corral's node rank, the Azure node it ran on, its lines."""
-
-    node: int
-    azure_node: str
-    lines: list[str]
 
 
 class AzureBatchBackend(Backend):
@@ -110,7 +90,7 @@ class AzureBatchBackend(Backend):
         except CorralError:
             raise
         except Exception as exc:
-            if _status(exc) == 404:
+            if http_status(exc) == 404:
                 return None
             raise sdk_error(exc, doing, self.options.resolved_url() or "?", error) from None
 
@@ -234,13 +214,13 @@ class AzureBatchBackend(Backend):
             try:
                 client.job.add(models["job"])
             except Exception as exc:  # our own add, retried by the SDK after a lost answer
-                if _code(exc) != "JobExists" or not self._ours(azure_id, plan.job_id):
+                if error_code(exc) != "JobExists" or not self._ours(azure_id, plan.job_id):
                     raise
             added = True
             try:
                 client.task.add(azure_id, models["task"])
             except Exception as exc:
-                if _code(exc) != "TaskExists":
+                if error_code(exc) != "TaskExists":
                     raise
             client.job.patch(azure_id, models["job patch"])
         except BaseException as exc:
@@ -269,146 +249,40 @@ class AzureBatchBackend(Backend):
         client = self.client
         job = self._get(f"read job {azure_id}", lambda: client.job.get(azure_id))
         if job is None:
-            return Observation(JobState.CANCELLED, f"cancelled: its Azure Batch job {azure_id} "
-                               "was deleted", finished=time.time())
-        job_state = _value(job.state)
+            return observe.job_deleted(azure_id)
         task = self._get(f"read task {azure_id}/{TASK_ID}",
                          lambda: client.task.get(azure_id, TASK_ID))
         if task is None:
-            gone = JobState.CANCELLED if job_state != "active" else JobState.FAILED
-            return Observation(gone, f"Azure Batch job {azure_id} ({job_state}) has no task "
-                               f"{TASK_ID!r}: it was deleted", finished=time.time())
-        state = _value(task.state)
-        info = task.execution_info
-        terminate = _value(job.execution_info.terminate_reason) if job.execution_info else ""
-        if state in ("active", "preparing"):
-            if job_state in ("terminating", "completed", "deleting"):
-                return Observation(JobState.CANCELLED, f"cancelled before it started (job "
-                                   f"{job_state}: {terminate or 'terminated'})",
-                                   finished=time.time())
-            reason = (f"waiting for {record.nodes} node(s) of pool {job.pool_info.pool_id}"
-                      if state == "active" else "preparing its nodes")
-            error = job.execution_info.scheduling_error if job.execution_info else None
-            if error is not None:
-                reason += f": {error.code}: {error.message}"
-            return Observation(JobState.PENDING, reason, notes=(self._head(job, task),))
+            return observe.task_deleted(azure_id, job)
+        if observe.queued(task):
+            return observe.waiting(record, job, task)
         subtasks = list(self._call(f"list the subtasks of {azure_id}", lambda: (
             client.task.list_subtasks(azure_id, TASK_ID).value or [])))
-        started = _stamp(info.start_time if info else None) or record.started or time.time()
-        notes = (self._head(job, task), *(
-            f"subtask {s.id}: {s.node_info.node_id if s.node_info else '?'}: "
-            f"{_value(s.state)}" + (f", exit code {s.exit_code}" if s.exit_code is not None
-                                    else "") for s in subtasks))
-        if state != "completed":
-            return Observation(JobState.RUNNING, "", started=started, notes=notes,
-                               ranks=self._ranks(record, JobState.RUNNING, task, None))
-        finished = _stamp(info.end_time if info else None) or time.time()
-        if terminate in (CANCEL_REASON, "UserTerminate"):
-            return Observation(JobState.CANCELLED, f"cancelled (job terminated: {terminate})",
-                               started=started, finished=finished, notes=notes,
-                               ranks=self._ranks(record, JobState.CANCELLED, task, None))
-        code = info.exit_code if info else None
-        trouble = info.failure_info if info else None
-        failed = _value(info.result if info else None) == "failure" or bool(code) or bool(
-            trouble)
-        if failed and self._timed_out(record, info, terminate):
-            return Observation(JobState.TIMEOUT, "time limit reached (maxWallClockTime)",
-                               started=started, finished=finished, notes=notes,
-                               ranks=self._ranks(record, JobState.TIMEOUT, task, None))
+        found = observe.without_output(record, job, task, subtasks)
+        if found is not None:
+            return found
         logs = self._node_logs(azure_id, task, subtasks)
-        exits = [(found, log) for log in logs if (found := first_exit(log.lines, log.node))]
-        if not failed and not exits:
-            return Observation(JobState.SUCCEEDED, "", started=started, finished=finished,
-                               notes=notes, ranks=self._ranks(
-                                   record, JobState.SUCCEEDED, task, None, logs))
-        failure = self._attribute(record, azure_id, task, subtasks, logs)
-        return Observation(JobState.FAILED, failure.describe(), started=started,
-                           finished=finished, failure=failure, notes=notes,
-                           ranks=self._ranks(record, JobState.FAILED, task, failure, logs))
-
-    @staticmethod
-    def _head(job: Any, task: Any) -> str:
-        node = task.node_info.node_id if task.node_info else "(not scheduled)"
-        return (f"Azure Batch job {job.id} on pool {job.pool_info.pool_id}: task {TASK_ID} "
-                f"{_value(task.state)}; node 0 (primary): {node}")
-
-    def _timed_out(self, record: JobRecord, info: Any, terminate: str) -> bool:
-        trouble = info.failure_info if info else None
-        said = f"{terminate} {trouble.code if trouble else ''} {trouble.message if trouble else ''}"
-        if "MaxWallClockTime" in said or "wall clock" in said.lower():
-            return True
-        limit = (record.spec or {}).get("time_limit") or (record.options or {}).get(
-            "max_wall_clock")
-        if not limit or info is None or not info.start_time or not info.end_time:
-            return False
-        ran = float((info.end_time - info.start_time).total_seconds())
-        return ran >= float(limit) - 1
+        failure = None
+        if observe.task_failed(task) or observe.any_exit(logs):
+            failure = self._attribute(record, azure_id, task, subtasks, logs)
+        return observe.ended(record, job, task, subtasks, logs, failure)
 
     def _attribute(self, record: JobRecord, azure_id: str, task: Any, subtasks: list[Any],
                    logs: list[NodeLog]) -> Failure:
         """The rank that failed first, from the nodes' own news of it; else the subtask or
         the primary that Azure says failed, with the last lines it wrote (corral's agent may
         not have started: a missing corral or Python says so on stderr)."""
-        from corral.launchers.failures import parse_torchrun
-        from corral.runtime.procs import describe_returncode
-
-        exits = sorted((found, log.node, log) for log in logs
-                       if (found := first_exit(log.lines, log.node)))
-        if exits:
-            (_, rank, code), node, log = exits[0]
-            if rank is None and record.launcher == "torchrun":  # its report names the rank
-                inner = parse_torchrun("\n".join(
-                    t for s, t in parse_pod_log(log.lines, node) if s.kind == "node"))
-                if inner is not None:
-                    rank, code = inner.rank, inner.returncode
-            own = [t for s, t in parse_pod_log(log.lines, node)
-                   if rank is None or (s.kind == "rank" and s.number == rank)]
-            return Failure(node=node, rank=rank, returncode=code,
-                           reason=f"{describe_returncode(code)} (Azure Batch node "
-                                  f"{log.azure_node})", last_lines=own[-20:], time=time.time(),
-                           log=f"corral logs {record.id}" + (
-                               f" --rank {rank}" if rank is not None else ""))
-        bad = sorted((s.end_time.timestamp() if s.end_time else 0.0, s.id, s) for s in subtasks
-                     if s.exit_code or s.failure_info)
-        if bad:
-            sub = bad[0][2]
-            azure_node = sub.node_info.node_id if sub.node_info else "?"
-            seen = next((found for found in logs if found.azure_node == azure_node), None)
-            return Failure(node=seen.node if seen else sub.id, rank=None,
-                           returncode=sub.exit_code, reason=_trouble(
-                               sub.failure_info, sub.exit_code) + f" (Azure Batch subtask "
-                           f"{sub.id} on node {azure_node})",
-                           last_lines=seen.lines[-20:] if seen else [], time=time.time())
-        info = task.execution_info
-        azure_node = task.node_info.node_id if task.node_info else "?"
-        lines = next((log.lines for log in logs if log.node == 0), [])
+        failure = observe.failure_from_output(record, logs)
+        if failure is None:
+            failure = observe.failure_of_subtask(subtasks, logs)
+        if failure is not None:
+            return failure
+        lines = observe.primary_lines(logs)
         if first_exit(lines, 0) is None:  # the agent did not say why: its stderr may
             lines = lines + self._file(lambda options: self.client.file.get_from_task(
                 azure_id, TASK_ID, "stderr.txt", file_get_from_task_options=options), 0,
                 "FileGetFromTaskOptions").decode("utf-8", "replace").splitlines()
-        return Failure(node=0, rank=None, returncode=info.exit_code if info else None,
-                       reason=_trouble(info.failure_info if info else None,
-                                       info.exit_code if info else None)
-                       + f" (Azure Batch node {azure_node}, the primary)",
-                       last_lines=lines[-20:], time=time.time(), log=f"corral logs {record.id}")
-
-    def _ranks(self, record: JobRecord, state: JobState, task: Any, failure: Failure | None,
-               logs: Sequence[NodeLog] = ()) -> tuple[RankStatus, ...]:
-        hosts = {log.node: log.azure_node for log in logs}
-        if task.node_info:
-            hosts.setdefault(0, task.node_info.node_id)
-        per_node = record.procs_per_node
-        ranks = []
-        for rank in range(record.nodes * per_node):
-            node = rank // per_node
-            rank_state, code = state, 0 if state is JobState.SUCCEEDED else None
-            if failure is not None:
-                hit = rank == failure.rank or (failure.rank is None and node == failure.node)
-                rank_state = JobState.FAILED if hit else JobState.CANCELLED
-                code = failure.returncode if hit else None
-            ranks.append(RankStatus(rank=rank, node=node, host=hosts.get(node),
-                                    state=rank_state, returncode=code))
-        return tuple(ranks)
+        return observe.failure_of_primary(record, task, lines)
 
     # -- the nodes' output ----------------------------------------------------------------
 
@@ -449,31 +323,23 @@ class AzureBatchBackend(Backend):
         except CorralError:
             raise
         except Exception as exc:
-            if _status(exc) in (404, 409, 416):
+            if http_status(exc) in (404, 409, 416):
                 return b""
             raise sdk_error(exc, "read a node's output", self.options.resolved_url() or "?"
                             ) from None
-
-    @staticmethod
-    def _place(lines: Sequence[str], default: int) -> int:
-        for line in lines:
-            match = _PLACE.match(line)
-            if match:
-                return int(match.group(2))
-        return default
 
     def _node_logs(self, azure_id: str, task: Any, subtasks: Sequence[Any]) -> list[NodeLog]:
         logs = []
         for _, azure_node, default, read in self._sources(azure_id, task, subtasks):
             lines = read(0).decode("utf-8", "replace").splitlines()
-            logs.append(NodeLog(self._place(lines, default), azure_node, lines))
+            logs.append(NodeLog(observe.place(lines, default), azure_node, lines))
         return logs
 
     def _task_now(self, record: JobRecord) -> tuple[Any, list[Any]] | None:
         azure_id = self._azure_id(record)
         task = self._get(f"read task {azure_id}/{TASK_ID}",
                          lambda: self.client.task.get(azure_id, TASK_ID))
-        if task is None or _value(task.state) in ("active", "preparing"):
+        if task is None or observe.queued(task):
             return None
         subtasks = self._call(f"list the subtasks of {azure_id}", lambda: list(
             self.client.task.list_subtasks(azure_id, TASK_ID).value or []))
@@ -506,7 +372,7 @@ class AzureBatchBackend(Backend):
                         continue
                     offsets[key] = offsets.get(key, 0) + end
                     lines = data[:end].decode("utf-8", "replace").splitlines()
-                    places.setdefault(key, self._place(lines, default))
+                    places.setdefault(key, observe.place(lines, default))
                     for source, text in parse_pod_log(lines, places[key]):
                         if wanted(source):
                             yield source, text
@@ -552,11 +418,11 @@ class AzureBatchBackend(Backend):
         ending or is gone is fine (a cancel is idempotent)."""
         azure_id = self._azure_id(record)
         try:
-            self.client.job.terminate(azure_id, terminate_reason=CANCEL_REASON)
+            self.client.job.terminate(azure_id, terminate_reason=observe.CANCEL_REASON)
         except CorralError:
             raise
         except Exception as exc:
-            if _code(exc) in STOPPED_ALREADY or _status(exc) == 404:
+            if error_code(exc) in STOPPED_ALREADY or http_status(exc) == 404:
                 return
             raise sdk_error(exc, f"terminate job {azure_id}",
                             self.options.resolved_url() or "?") from None
@@ -564,101 +430,3 @@ class AzureBatchBackend(Backend):
     def info(self) -> dict[str, Any]:
         return {**super().info(), "pool": self.options.pool,
                 "account_url": self.options.resolved_url()}
-
-
-# -- the client and its errors -------------------------------------------------------------
-
-def make_client(options: AzureBatchOptions) -> Any:
-    """The SDK's client for the account the options (or the environment) name."""
-    try:
-        from azure.batch import BatchServiceClient
-        from azure.batch.batch_auth import SharedKeyCredentials
-    except ImportError:
-        raise MissingDependency("azure-batch", extra="azure",
-                                purpose="by the azure-batch backend") from None
-    url, name, key = options.resolved_url(), options.resolved_name(), options.resolved_key()
-    problems: list[tuple[str, Any, str]] = []
-    if not url:
-        problems.append(("azure-batch.account_url", None, "the account's URL: -o account_url="
-                         "https://ACCOUNT.REGION.batch.azure.com or $AZURE_BATCH_ENDPOINT"))
-    if not name:
-        problems.append(("azure-batch.account_name", None, "the account's name: "
-                         "-o account_name=NAME or $AZURE_BATCH_ACCOUNT"))
-    if not key:
-        problems.append(("azure-batch.account_key", None, "the account's shared key: "
-                         "$AZURE_BATCH_ACCOUNT_KEY (az batch account keys list)"))
-    else:
-        try:
-            base64.b64decode(key, validate=True)
-        except (binascii.Error, ValueError):
-            problems.append(("azure-batch.account_key", "(hidden)", "the key as Azure gives "
-                             "it (base64)"))
-    if problems:
-        raise SpecError(problems, what="Azure Batch account")
-    credentials = SharedKeyCredentials(name, key)  # type: ignore[no-untyped-call]
-    client = BatchServiceClient(credentials, batch_url=url)  # type: ignore[no-untyped-call]
-    client.config.connection.timeout = 60
-    return client
-
-
-def _status(exc: BaseException) -> int | None:
-    response = getattr(exc, "response", None)
-    status = getattr(response, "status_code", None)
-    return status if isinstance(status, int) else None
-
-
-def _code(exc: BaseException) -> str:
-    error = getattr(exc, "error", None)
-    return str(getattr(error, "code", "") or "")
-
-
-def _message(exc: BaseException) -> str:
-    error = getattr(exc, "error", None)
-    message = getattr(error, "message", None)
-    text = str(getattr(message, "value", None) or message or exc)
-    details = [f"{d.key}: {d.value}" for d in getattr(error, "values", None) or []
-               if getattr(d, "key", None)]
-    return text.strip() + (f" ({'; '.join(details)})" if details else "")
-
-
-def _trouble(failure_info: Any, code: int | None) -> str:
-    if failure_info is not None:
-        return f"{failure_info.code}: {failure_info.message}"
-    from corral.runtime.procs import describe_returncode
-
-    return describe_returncode(code)
-
-
-HINTS = {
-    "AuthenticationFailed": "check account_name and the key ($AZURE_BATCH_ACCOUNT_KEY)",
-    "PoolNotFound": "-o pool names no pool of this account (az batch pool list)",
-    "JobExists": "a job with this id exists already; submit again for a new id",
-    "ActiveJobAndScheduleQuotaReached": "the account's quota of active jobs is reached: "
-                                        "wait, or delete finished jobs",
-    "RequestBodyTooLarge": "the request is over Azure's size limit (the job's spec travels "
-                           "in it): shorten its arguments or environment",
-}
-
-
-def sdk_error(exc: BaseException, doing: str, url: str,
-              error: type[BackendError] = BackendError) -> BackendError:
-    """An SDK failure as corral's error: what was being done, what Azure said, what to do."""
-    status, code = _status(exc), _code(exc)
-    if code or status is not None:
-        hint = HINTS.get(code) or (
-            "the request was malformed: corral's validation let it through, please report it"
-            if code in ("InvalidPropertyValue", "MissingRequiredProperty", "InvalidRequestBody",
-                        "UnsupportedProperty", "InvalidHeaderValue")
-            else "Azure Batch failed; try again later" if (status or 0) >= 500 else "")
-        return error(f"Azure Batch could not {doing}: {status} {code}: {_message(exc)}"
-                     + (f"; {hint}" if hint else ""))
-    name = type(exc).__name__
-    if name in ("ClientRequestError", "ConnectionError", "Timeout", "ReadTimeout",
-                "ConnectTimeout") or isinstance(exc, OSError):
-        return error(f"cannot reach Azure Batch at {url} to {doing}: {exc}; check account_url "
-                     "($AZURE_BATCH_ENDPOINT) and the network")
-    if name == "AuthenticationError":
-        return error(f"Azure Batch refused corral's credentials to {doing}: {exc}")
-    if name == "ValidationError":
-        return error(f"the azure-batch SDK refused a request to {doing}: {exc}")
-    return error(f"Azure Batch could not {doing}: {name}: {exc}")
