@@ -360,6 +360,24 @@ def test_a_child_node_failing_fails_the_job_and_is_named(moto: MotoServer,
     assert seen.ranks[2].host == "ci-1"
 
 
+def test_a_failed_node_fails_the_job_even_when_the_terminate_is_refused(
+        moto: MotoServer, tmp_path: Path) -> None:
+    aws, stub, job_id = stubbed(tmp_path, moto.url)
+    stub.add_response("describe_jobs", {"jobs": [main_job("job-1", "RUNNING")]},
+                      {"jobs": ["job-1"]})
+    stub.add_response("describe_jobs", {"jobs": [
+        node_job("job-1", 0, "RUNNING"), node_job("job-1", 1, "FAILED", 2, stopped=NOW)]},
+        {"jobs": ["job-1#0", "job-1#1"]})
+    stub.add_client_error("terminate_job", "AccessDeniedException", "not allowed",
+                          http_status_code=403)
+    seen = aws.describe_many([aws.store.get(job_id)])[job_id]
+    assert seen.state is JobState.FAILED and seen.failure is not None
+    assert seen.failure.node == 1 and seen.failure.returncode == 2
+    assert seen.notes is not None
+    assert "aws batch terminate-job --job-id job-1" in seen.notes[-1]
+    assert "lack this permission" in seen.notes[-1]
+
+
 @pytest.mark.parametrize(("status", "reason", "expected"), [
     ("RUNNABLE", "", JobState.PENDING),
     ("FAILED", "Job attempt duration exceeded timeout", JobState.TIMEOUT),

@@ -18,7 +18,7 @@ from corral.backends.aws.cloudwatch import StreamFollower, tail
 from corral.backends.aws.session import call, client
 from corral.backends.base import Backend, Capabilities, JobRef, Plan, check_workdir
 from corral.codepackage import remove
-from corral.errors import SubmitError
+from corral.errors import BackendError, SubmitError
 from corral.logs import LogSource
 from corral.nodelog import first_failed_rank, nodes_to_read, parse_pod_log, results
 from corral.rundir import new_job_id
@@ -182,9 +182,15 @@ class AwsBatchBackend(Backend):
                  nodes: dict[int, dict[str, Any]]) -> Observation:
         state, reason = observe.main_state(job)
         failed = observe.failed_nodes(nodes)
+        stop_note: tuple[str, ...] = ()
         if failed and state in (JobState.RUNNING, JobState.SUCCEEDED):
             if state is JobState.RUNNING:  # the service would wait for the main node alone
-                self._terminate(record.engine_id or "", f"corral: node {failed[0]} failed")
+                try:
+                    self._terminate(record.engine_id or "", f"corral: node {failed[0]} failed")
+                except BackendError as exc:  # the failure stands; say what is still running
+                    stop_note = (f"the other nodes could not be stopped ({exc}): stop them "
+                                 f"with aws batch terminate-job --job-id {record.engine_id} "
+                                 "--reason 'a node failed'",)
             state = JobState.FAILED
         started = _seconds(job.get("startedAt"))
         finished = _seconds(job.get("stoppedAt")) if state.is_terminal() else None
@@ -198,7 +204,7 @@ class AwsBatchBackend(Backend):
                  *(f"node {i}: {observe.node_id(record.engine_id or '', i)} "
                    f"{n.get('status')}" + (f" ({observe.node_cause(n)})"
                                            if observe.failed(n) else "")
-                   for i, n in sorted(nodes.items())))
+                   for i, n in sorted(nodes.items())), *stop_note)
         return Observation(state, reason, started=started, finished=finished,
                            failure=failure, notes=notes,
                            ranks=self._ranks(record, state, nodes, failure))
