@@ -20,7 +20,7 @@ from corral.errors import SpecError
 from corral.jobstate import JobState
 from corral.runtime.cloud_job import NodeJob
 from corral.spec import JobSpec, Script
-from infra.moto_server import MotoServer
+from infra.moto_server import MotoServer, batch_queue
 
 boto3 = pytest.importorskip("boto3")
 from botocore.stub import ANY, Stubber  # noqa: E402
@@ -193,29 +193,8 @@ def test_botocore_model_and_cross_field_checks() -> None:
 # -- round trips against moto (an emulator) ---------------------------------------------------
 
 
-def moto_queue(server: MotoServer) -> str:
-    """A compute environment and a job queue in the emulator."""
-    iam = boto3.client("iam", endpoint_url=server.url)
-    role = iam.create_role(RoleName="batch", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
-    profile = iam.create_instance_profile(InstanceProfileName="batch")["InstanceProfile"]["Arn"]
-    ec2 = boto3.client("ec2", endpoint_url=server.url)
-    vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
-    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.0.0/24")["Subnet"]["SubnetId"]
-    group = ec2.create_security_group(GroupName="g", Description="g", VpcId=vpc)["GroupId"]
-    batch = boto3.client("batch", endpoint_url=server.url)
-    env = batch.create_compute_environment(
-        computeEnvironmentName="corral-ce", type="MANAGED", state="ENABLED", serviceRole=role,
-        computeResources={"type": "EC2", "minvCpus": 0, "maxvCpus": 64, "desiredvCpus": 0,
-                          "instanceTypes": ["optimal"], "subnets": [subnet],
-                          "securityGroupIds": [group], "instanceRole": profile})
-    batch.create_job_queue(jobQueueName="gpu-queue", state="ENABLED", priority=1,
-                           computeEnvironmentOrder=[{"order": 1, "computeEnvironment":
-                                                     env["computeEnvironmentArn"]}])
-    return "gpu-queue"
-
-
 def test_submit_describe_cancel_against_moto(moto: MotoServer, tmp_path: Path) -> None:
-    moto_queue(moto)
+    batch_queue(moto)
     (tmp_path / "train.py").write_text("print('hi')\n")
     aws = backend(endpoint_url=moto.url, poll_seconds=0.1)
     first = aws.submit(spec(nodes=2, workdir=str(tmp_path)))
@@ -240,7 +219,7 @@ def test_submit_describe_cancel_against_moto(moto: MotoServer, tmp_path: Path) -
 def test_code_package_goes_to_s3_and_a_failed_submit_removes_it(
         moto: MotoServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto.url)  # s3fs (fsspec) asks the emulator too
-    moto_queue(moto)
+    batch_queue(moto)
     s3 = boto3.client("s3", endpoint_url=moto.url)
     s3.create_bucket(Bucket="code")
     (tmp_path / "train.py").write_text("print('hi')\n")

@@ -76,6 +76,30 @@ class MotoServer:
         self.log.close()
 
 
+def batch_queue(server: MotoServer, name: str = "gpu-queue") -> str:
+    """An AWS Batch job queue in the emulator, on a managed compute environment (with the
+    IAM role, instance profile, VPC, subnet and security group moto asks for)."""
+    import boto3
+
+    iam = boto3.client("iam", endpoint_url=server.url)
+    role = iam.create_role(RoleName="batch", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+    profile = iam.create_instance_profile(InstanceProfileName="batch")["InstanceProfile"]["Arn"]
+    ec2 = boto3.client("ec2", endpoint_url=server.url)
+    vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.0.0/24")["Subnet"]["SubnetId"]
+    group = ec2.create_security_group(GroupName="g", Description="g", VpcId=vpc)["GroupId"]
+    batch = boto3.client("batch", endpoint_url=server.url)
+    env = batch.create_compute_environment(
+        computeEnvironmentName="corral-ce", type="MANAGED", state="ENABLED", serviceRole=role,
+        computeResources={"type": "EC2", "minvCpus": 0, "maxvCpus": 64, "desiredvCpus": 0,
+                          "instanceTypes": ["optimal"], "subnets": [subnet],
+                          "securityGroupIds": [group], "instanceRole": profile})
+    batch.create_job_queue(jobQueueName=name, state="ENABLED", priority=1,
+                           computeEnvironmentOrder=[{"order": 1, "computeEnvironment":
+                                                     env["computeEnvironmentArn"]}])
+    return name
+
+
 @pytest.fixture(scope="session")
 def moto_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
     server = MotoServer(tmp_path_factory.mktemp("moto"))
