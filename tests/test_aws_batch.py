@@ -337,6 +337,17 @@ def test_a_child_node_failing_fails_the_job_and_is_named(moto: MotoServer,
     assert [r.state for r in seen.ranks] == [JobState.CANCELLED, JobState.CANCELLED,
                                              JobState.FAILED, JobState.CANCELLED]
     assert seen.ranks[2].host == "ci-1"
+    # torchrun's rendezvous may put rank 0 on node 1: the failing rank's node is where it ran
+    seed(moto.url, "corral-x/default/task1b", [
+        "[rank 0] RuntimeError: boom", "[corral] rank 0 exited with code 7 at 1764400000.5"])
+    nodes = {0: node_job("job-1", 0, "RUNNING"),
+             1: {**node_job("job-1", 1, "FAILED", 7, stopped=NOW),
+                 "container": {"logStreamName": "corral-x/default/task1b", "exitCode": 7}}}
+    moved = aws._observe(record, main_job("job-1", "FAILED", "Essential container exited"),
+                         nodes)
+    assert moved.failure is not None and (moved.failure.node, moved.failure.rank) == (1, 0)
+    assert moved.ranks is not None and moved.ranks[0].node == 1
+    assert moved.ranks[0].state is JobState.FAILED and moved.ranks[0].returncode == 7
 
 
 def test_a_failed_node_fails_the_job_even_when_the_terminate_is_refused(

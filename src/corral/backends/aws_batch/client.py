@@ -252,7 +252,9 @@ class AwsBatchBackend(Backend):
                failure: Failure | None) -> tuple[RankStatus, ...]:
         ranks = []
         for rank in range(record.nodes * record.procs_per_node):
-            node = rank // record.procs_per_node
+            node = rank // record.procs_per_node  # torchrun may place it elsewhere: then
+            if failure is not None and rank == failure.rank:  # the failing one is known
+                node = failure.node
             rank_state = observe.node_state(nodes.get(node))
             if state.is_terminal() and rank_state in (JobState.PENDING, JobState.RUNNING):
                 rank_state = JobState.CANCELLED if state is not JobState.SUCCEEDED else state
