@@ -125,8 +125,9 @@ def test_a_failing_mpi_rank_in_another_pod_is_named(admin: KubeApi) -> None:
 def test_plain_job_submit_describe_logs_cancel(admin: KubeApi) -> None:
     kube = backend("job")
     ref = kube.submit(command('echo "hello from $RANK"; sleep 300', nodes=2))
-    status = wait_for(kube, ref.job_id, lambda s: s.state is JobState.RUNNING and any(
-        "hello from 1" in t for _, t in kube.logs(ref.job_id)))
+    # the two pods start independently: wait for both ranks' lines, not for rank 1's alone
+    status = wait_for(kube, ref.job_id, lambda s: s.state is JobState.RUNNING and {
+        "hello from 0", "hello from 1"} <= {t for _, t in kube.logs(ref.job_id)})
     assert any("pod " in note for note in status.notes)
     lines = {(s.kind, s.number, t) for s, t in kube.logs(ref.job_id)}
     assert ("rank", 0, "hello from 0") in lines and ("rank", 1, "hello from 1") in lines

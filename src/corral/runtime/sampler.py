@@ -125,6 +125,10 @@ class Sampler(threading.Thread):
         self.ranks: dict[int, int] = {}  # pid -> rank, read once per process
 
     def run(self) -> None:
+        # Nothing while the ranks start (on a small machine that is the critical path): the
+        # first look, NVML included, comes one interval later.
+        if self.done.wait(self.interval):
+            return
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         gpus = _Gpus()
         with open(self.path, "a", encoding="utf-8") as out:
