@@ -27,7 +27,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from corral.errors import CorralError, SubmitError
 from corral.jobstate import JobState
@@ -378,3 +378,29 @@ class Backend(abc.ABC):
 
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "capabilities": self.capabilities}
+
+
+class EngineOptions(Protocol):
+    @property
+    def poll_seconds(self) -> float: ...
+
+    def model_dump(self, *, mode: str) -> dict[str, Any]: ...
+
+
+OptionsT = TypeVar("OptionsT", bound=EngineOptions)
+
+
+class ConfiguredBackend(Backend, Generic[OptionsT]):
+    """A backend whose engine is described by typed options (a pydantic model with
+    ``poll_seconds``, see :mod:`corral.backends.typed_options`): they are recorded with each
+    job it submits, and ``poll_seconds`` is the least time between two looks at the engine."""
+
+    options: OptionsT
+
+    @property
+    def poll_interval(self) -> float:  # type: ignore[override]
+        return float(self.options.poll_seconds)
+
+    def options_data(self) -> dict[str, Any]:
+        data: dict[str, Any] = self.options.model_dump(mode="json")
+        return data

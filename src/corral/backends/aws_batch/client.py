@@ -16,7 +16,13 @@ from typing import Any
 
 from corral.backends.aws.cloudwatch import StreamFollower, tail
 from corral.backends.aws.session import call, client
-from corral.backends.base import Backend, Capabilities, JobRef, Plan, check_workdir
+from corral.backends.base import (
+    Capabilities,
+    ConfiguredBackend,
+    JobRef,
+    Plan,
+    check_workdir,
+)
 from corral.codepackage import remove
 from corral.errors import BackendError, SubmitError
 from corral.logs import LogSource
@@ -34,7 +40,7 @@ from .render import DEFAULT_LOG_GROUP, BatchPlan, render
 BATCH_IDS = 100  # DescribeJobs takes at most 100 ids
 
 
-class AwsBatchBackend(Backend):
+class AwsBatchBackend(ConfiguredBackend[AwsBatchOptions]):
     name = "aws-batch"
     options_type = AwsBatchOptions
     capabilities = Capabilities(
@@ -52,14 +58,6 @@ class AwsBatchBackend(Backend):
         if service not in self._clients:
             self._clients[service] = client(service, self.options.connection)
         return self._clients[service]
-
-    @property
-    def poll_interval(self) -> float:  # type: ignore[override]
-        return self.options.poll_seconds
-
-    def options_data(self) -> dict[str, Any]:
-        data: dict[str, Any] = self.options.model_dump(mode="json")
-        return data
 
     def engine_address(self) -> dict[str, Any]:
         return self.options.connection.model_dump(mode="json")

@@ -21,7 +21,13 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
-from corral.backends.base import Backend, Capabilities, JobRef, Plan, check_workdir
+from corral.backends.base import (
+    Capabilities,
+    ConfiguredBackend,
+    JobRef,
+    Plan,
+    check_workdir,
+)
 from corral.errors import BackendError, CorralError, SubmitError
 from corral.logs import LogSource
 from corral.nodelog import first_exit, parse_pod_log, results
@@ -50,7 +56,7 @@ STOPPED_ALREADY = {"JobNotFound", "JobCompleted", "JobBeingTerminated", "JobBein
 T = TypeVar("T")
 
 
-class AzureBatchBackend(Backend):
+class AzureBatchBackend(ConfiguredBackend[AzureBatchOptions]):
     name = SERVICE
     options_type = AzureBatchOptions
     capabilities = Capabilities(
@@ -93,10 +99,6 @@ class AzureBatchBackend(Backend):
             if http_status(exc) == 404:
                 return None
             raise sdk_error(exc, doing, self.options.resolved_url() or "?", error) from None
-
-    @property
-    def poll_interval(self) -> float:  # type: ignore[override]
-        return self.options.poll_seconds
 
     def options_data(self) -> dict[str, Any]:
         return {**self.options.public_data(), "account_url": self.options.resolved_url(),

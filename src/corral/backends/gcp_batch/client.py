@@ -20,7 +20,13 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
-from corral.backends.base import Backend, Capabilities, JobRef, Plan, check_workdir
+from corral.backends.base import (
+    Capabilities,
+    ConfiguredBackend,
+    JobRef,
+    Plan,
+    check_workdir,
+)
 from corral.codepackage import pack, remove, upload
 from corral.errors import BackendError, CorralError, SubmitError
 from corral.logs import LogSource
@@ -80,7 +86,7 @@ def _hint(exc: Any, options: GcpBatchOptions) -> str:
     return ""
 
 
-class GcpBatchBackend(Backend):
+class GcpBatchBackend(ConfiguredBackend[GcpBatchOptions]):
     name = "gcp-batch"
     options_type = GcpBatchOptions
     capabilities = Capabilities(
@@ -99,14 +105,6 @@ class GcpBatchBackend(Backend):
             self._client = self._call("connect to GCP Batch", lambda: make_client(
                 self.options))
         return self._client
-
-    @property
-    def poll_interval(self) -> float:  # type: ignore[override]
-        return self.options.poll_seconds
-
-    def options_data(self) -> dict[str, Any]:
-        data: dict[str, Any] = self.options.model_dump(mode="json")
-        return data
 
     def engine_address(self) -> dict[str, Any]:
         return {"project": self.options.project, "location": self.options.location,

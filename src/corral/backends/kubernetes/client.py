@@ -16,7 +16,13 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from corral.backends.base import Backend, Capabilities, JobRef, Plan, check_workdir
+from corral.backends.base import (
+    Capabilities,
+    ConfiguredBackend,
+    JobRef,
+    Plan,
+    check_workdir,
+)
 from corral.codepackage import pack, upload
 from corral.errors import BackendError, SubmitError
 from corral.launchers.failures import parse_mpirun, parse_torchrun
@@ -59,7 +65,7 @@ KUEUE_WORKLOAD = KINDS[("kueue.x-k8s.io/v1beta2", "Workload")]
 WORKLOAD_KINDS = {flavour: KINDS[key] for flavour, key in WORKLOADS.items()}
 
 
-class KubernetesBackend(Backend):
+class KubernetesBackend(ConfiguredBackend[KubernetesOptions]):
     name = "kubernetes"
     options_type = KubernetesOptions
     capabilities = Capabilities(
@@ -77,10 +83,6 @@ class KubernetesBackend(Backend):
         if self._api is None:
             self._api = KubeApi(self.options.kubeconfig, self.options.context)
         return self._api
-
-    @property
-    def poll_interval(self) -> float:  # type: ignore[override]
-        return self.options.poll_seconds
 
     @property
     def namespace(self) -> str:

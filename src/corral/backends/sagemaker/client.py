@@ -18,7 +18,13 @@ from typing import Any
 
 from corral.backends.aws.cloudwatch import StreamFollower, stream_lines, streams_with_prefix, tail
 from corral.backends.aws.session import call, client, error_code
-from corral.backends.base import Backend, Capabilities, JobRef, Plan, check_workdir
+from corral.backends.base import (
+    Capabilities,
+    ConfiguredBackend,
+    JobRef,
+    Plan,
+    check_workdir,
+)
 from corral.codepackage import pack
 from corral.errors import BackendError, SubmitError
 from corral.jobstate import JobState
@@ -61,7 +67,7 @@ def _s3_parts(url: str) -> tuple[str, str]:
     return bucket, key
 
 
-class SageMakerBackend(Backend):
+class SageMakerBackend(ConfiguredBackend[SageMakerOptions]):
     name = "sagemaker"
     options_type = SageMakerOptions
     capabilities = Capabilities(
@@ -92,14 +98,6 @@ class SageMakerBackend(Backend):
     @property
     def s3(self) -> Any:
         return self._client("s3")
-
-    @property
-    def poll_interval(self) -> float:  # type: ignore[override]
-        return self.options.poll_seconds
-
-    def options_data(self) -> dict[str, Any]:
-        data: dict[str, Any] = self.options.model_dump(mode="json")
-        return data
 
     def engine_address(self) -> dict[str, Any]:
         return {"region": self.options.region, "profile": self.options.profile,

@@ -10,7 +10,13 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from corral.backends.base import Backend, Capabilities, JobRef, Plan, check_workdir
+from corral.backends.base import (
+    Capabilities,
+    ConfiguredBackend,
+    JobRef,
+    Plan,
+    check_workdir,
+)
 from corral.console import working
 from corral.errors import BackendError, SpecError, SubmitError
 from corral.launchers.failures import parse_torchrun
@@ -130,7 +136,7 @@ def expand_nodelist(nodelist: str) -> list[str]:
     return hosts
 
 
-class SlurmBackend(Backend):
+class SlurmBackend(ConfiguredBackend[SlurmOptions]):
     name = "slurm"
     options_type = SlurmOptions
     capabilities = Capabilities(
@@ -151,14 +157,6 @@ class SlurmBackend(Backend):
     @property
     def root(self) -> Path:
         return self._root or runs_root()
-
-    @property
-    def poll_interval(self) -> float:  # type: ignore[override]
-        return self.options.poll_seconds
-
-    def options_data(self) -> dict[str, Any]:
-        data: dict[str, Any] = self.options.model_dump(mode="json")
-        return data
 
     def engine_address(self) -> dict[str, Any]:
         return {"ssh": self.options.ssh, "ssh_config": self.options.ssh_config}
