@@ -33,6 +33,21 @@ MASTER_ONLY_LAUNCHERS = ("none", "torchrun", "jax")
 ALL_HOSTS_LAUNCHERS = (*MASTER_ONLY_LAUNCHERS, "tensorflow")
 
 
+def launcher_problem(launcher: str, service: str, accepted: tuple[str, ...]
+                     ) -> tuple[str, str, str] | None:
+    """A spec problem (field, value, what is accepted) for a launcher ``service``'s nodes
+    cannot run, or None."""
+    if launcher in accepted:
+        return None
+    why = ["mpirun and deepspeed start remote ranks through a remote shell",
+           "Ray needs a run directory the nodes share"]
+    if "tensorflow" not in accepted:
+        why.insert(0, f"tensorflow needs every node's address, and a {service} node knows "
+                   "only the rendezvous node's")
+    return ("launcher", launcher, f"accepted on {service}: {', '.join(accepted)} "
+            f"({'; '.join(why)})")
+
+
 class NodeJobError(NodeStartError):
     """A job description that this corral cannot read."""
 

@@ -29,7 +29,13 @@ from typing import Any
 
 from corral.errors import SpecError
 from corral.launchers.nodeplan import entry_in_container
-from corral.runtime.cloud_job import ENV_VAR, MASTER_ONLY_LAUNCHERS, NodeJob, function_runner
+from corral.runtime.cloud_job import (
+    ENV_VAR,
+    MASTER_ONLY_LAUNCHERS,
+    NodeJob,
+    function_runner,
+    launcher_problem,
+)
 from corral.spec import Function, JobSpec
 
 from .options import AwsBatchOptions
@@ -133,9 +139,9 @@ def check(spec: JobSpec, options: AwsBatchOptions) -> tuple[str, str, list[str]]
     if not queue:
         problems.append(("queue", None, "an AWS Batch job queue: --queue NAME (or -o "
                          "job_queue=NAME)"))
-    if spec.launcher not in MASTER_ONLY_LAUNCHERS:
-        problems.append(("launcher", spec.launcher, "on AWS Batch a node knows only the main "
-                         "node's address; accepted: " + ", ".join(MASTER_ONLY_LAUNCHERS)))
+    refused = launcher_problem(spec.launcher, "aws-batch", MASTER_ONLY_LAUNCHERS)
+    if refused:
+        problems.append(refused)
     if spec.time_limit is not None and spec.time_limit < 60:
         problems.append(("time_limit", spec.time_limit, "at least 60 seconds (AWS Batch's "
                          "shortest attempt timeout)"))

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from corral.errors import SpecError
-from corral.runtime.cloud_job import ALL_HOSTS_LAUNCHERS, NodeJob
+from corral.runtime.cloud_job import ALL_HOSTS_LAUNCHERS, NodeJob, launcher_problem
 from corral.spec import Function, JobSpec, Script
 
 from .options import AZURE_ID, AzureBatchOptions
@@ -183,11 +183,9 @@ def check(spec: JobSpec, options: AzureBatchOptions) -> tuple[str, list[str]]:
     elif not re.match(AZURE_ID, pool):
         problems.append(("queue", pool, "on azure-batch the queue is the pool's id: letters, "
                          "digits, - and _, at most 64"))
-    if spec.launcher not in ALL_HOSTS_LAUNCHERS:
-        problems.append(("launcher", spec.launcher, "on azure-batch, accepted: "
-                         + ", ".join(ALL_HOSTS_LAUNCHERS) + " (mpirun and deepspeed start "
-                         "remote ranks through a remote shell, Ray keeps a per-job token in "
-                         "a run directory the nodes share; neither is set up on the nodes)"))
+    refused = launcher_problem(spec.launcher, "azure-batch", ALL_HOSTS_LAUNCHERS)
+    if refused:
+        problems.append(refused)
     if options.code == "package" and not options.package_store:
         problems.append(("azure-batch.package_store", None, "code=package ships the working "
                          "directory through object storage: -o package_store=az://CONTAINER/"

@@ -22,7 +22,7 @@ from typing import Any
 
 from corral.errors import SpecError
 from corral.launchers.nodeplan import entry_in_container
-from corral.runtime.cloud_job import ALL_HOSTS_LAUNCHERS, NodeJob
+from corral.runtime.cloud_job import ALL_HOSTS_LAUNCHERS, NodeJob, launcher_problem
 from corral.spec import Function, JobSpec
 
 from .options import GcpBatchOptions
@@ -122,11 +122,9 @@ def check(spec: JobSpec, options: GcpBatchOptions) -> tuple[str, list[str]]:
     if not image:
         problems.append(("image", None, "the gcp-batch backend needs a container image with "
                          "Python and corral installed: --image IMAGE (or -o image=IMAGE)"))
-    if spec.launcher not in ALL_HOSTS_LAUNCHERS:
-        problems.append(("launcher", spec.launcher, "accepted on gcp-batch: "
-                         + ", ".join(ALL_HOSTS_LAUNCHERS) + " (mpirun and deepspeed start "
-                         "remote ranks through a remote shell, and Ray needs a run "
-                         "directory shared by the nodes)"))
+    refused = launcher_problem(spec.launcher, "gcp-batch", ALL_HOSTS_LAUNCHERS)
+    if refused:
+        problems.append(refused)
     if isinstance(spec.entrypoint, Function):
         problems.append(("entrypoint", spec.entrypoint.label, "a distributed function's "
                          "results come back through the job's log, which the gcp-batch "

@@ -34,7 +34,7 @@ from typing import Any
 from corral.backends.base import spec_summary
 from corral.errors import SpecError
 from corral.launchers.nodeplan import entry_in_container
-from corral.runtime.cloud_job import ALL_HOSTS_LAUNCHERS, NodeJob
+from corral.runtime.cloud_job import ALL_HOSTS_LAUNCHERS, NodeJob, launcher_problem
 from corral.spec import Function, JobSpec
 
 from .options import SageMakerOptions
@@ -197,11 +197,9 @@ def check(spec: JobSpec, options: SageMakerOptions) -> tuple[str, str, str, list
     if not options.s3_prefix:
         problems.append(("sagemaker.s3_prefix", None, "where the job's description and code "
                          "go, read by every instance: -o s3_prefix=s3://BUCKET/PREFIX"))
-    if spec.launcher not in ALL_HOSTS_LAUNCHERS:
-        problems.append(("launcher", spec.launcher, "on sagemaker: one of "
-                         + ", ".join(ALL_HOSTS_LAUNCHERS) + " (mpirun and deepspeed start "
-                         "remote ranks through a remote shell, ray needs a shared run "
-                         "directory)"))
+    refused = launcher_problem(spec.launcher, "sagemaker", ALL_HOSTS_LAUNCHERS)
+    if refused:
+        problems.append(refused)
     if problems:
         raise SpecError(problems)
     warnings = []
