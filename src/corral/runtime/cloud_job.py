@@ -42,7 +42,7 @@ def launcher_problem(launcher: str, service: str, accepted: tuple[str, ...]
     why = ["mpirun and deepspeed start remote ranks through a remote shell",
            "Ray needs a run directory the nodes share"]
     if "tensorflow" not in accepted:
-        why.insert(0, f"tensorflow needs every node's address, and a {service} node knows "
+        why.insert(0, f"tensorflow needs every node's address, and a node on {service} knows "
                    "only the rendezvous node's")
     return ("launcher", launcher, f"accepted on {service}: {', '.join(accepted)} "
             f"({'; '.join(why)})")
